@@ -1,0 +1,282 @@
+"""Centered kernel alignment (CKA) between representation matrices: pure math, float64.
+
+A representation matrix holds one row per probe text and one column per feature (n x d).
+CKA compares two such matrices over the same n inputs through their n x n Gram matrices:
+
+    CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) * HSIC(L, L))
+
+Two HSIC estimators are provided:
+
+- ``biased`` (REEF's, Gretton et al. 2005): ``tr(K H L H) / (n-1)^2`` with the centering
+  matrix ``H = I - 11^T/n``. Inflated when n is small next to the feature count.
+- ``debiased`` (Song et al. 2012, used for CKA by Kornblith et al. 2019): the U-statistic on
+  Gram matrices with a zeroed diagonal. Near zero for independent representations at any n.
+
+Both reduce to a Frobenius inner product of *centered* Gram matrices (double centering for the
+biased estimator, U-centering for the debiased one); the constant factors cancel in CKA. The
+layer-by-layer matrix therefore centers each layer's Gram matrix once and takes one matrix
+product of the flattened results. The sample-size curve (CKA on the first n samples for many n)
+comes from prefix sums over the uncentered Gram matrices: every n in O(N^2) in all.
+
+Nothing here reads files or knows about models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+Kernel = Literal["linear", "rbf"]
+Estimator = Literal["biased", "debiased"]
+KERNELS: tuple[Kernel, ...] = ("linear", "rbf")
+ESTIMATORS: tuple[Estimator, ...] = ("biased", "debiased")
+
+#: The smallest sample count for which the debiased estimator is defined (it divides by n-3).
+MIN_SAMPLES = 4
+
+Float64Array = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class CkaMethod:
+    """How to turn two representation matrices into one CKA number.
+
+    ``standardize`` z-scores every feature over the samples before the kernel (what REEF's
+    reference code does); it makes CKA invariant to per-feature scaling but no longer to
+    rotations. ``rbf_scale`` sets the RBF bandwidth to ``rbf_scale`` times the median pairwise
+    distance of the samples.
+    """
+
+    kernel: Kernel = "linear"
+    estimator: Estimator = "debiased"
+    standardize: bool = False
+    rbf_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {self.kernel!r}: expected one of {KERNELS}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}: expected one of {ESTIMATORS}")
+        if not self.rbf_scale > 0:
+            raise ValueError(f"rbf_scale must be positive, got {self.rbf_scale}")
+
+    @property
+    def name(self) -> str:
+        """The estimator's name as written in JSON, e.g. ``"linear-debiased"``."""
+        return f"{self.kernel}-{self.estimator}"
+
+    @classmethod
+    def from_name(
+        cls, name: str, *, standardize: bool = False, rbf_scale: float = 1.0
+    ) -> CkaMethod:
+        """Parse ``"linear-debiased"``, ``"rbf-biased"`` and so on."""
+        kernel, sep, estimator = name.partition("-")
+        if not sep or kernel not in KERNELS or estimator not in ESTIMATORS:
+            choices = ", ".join(f"{k}-{e}" for k in KERNELS for e in ESTIMATORS)
+            raise ValueError(f"unknown estimator {name!r}: expected one of {choices}")
+        return cls(kernel=kernel, estimator=estimator, standardize=standardize, rbf_scale=rbf_scale)
+
+
+def as_features(x: ArrayLike) -> Float64Array:
+    """A 2-D float64 copy of a representation matrix (n samples x d features)."""
+    array = np.array(x, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(
+            f"representations must be 2-D (samples x features), got shape {array.shape}"
+        )
+    return array
+
+
+def standardize_features(x: ArrayLike) -> Float64Array:
+    """Z-score every feature over the samples; constant features become zero."""
+    features = as_features(x)
+    centered = features - features.mean(axis=0)
+    std = centered.std(axis=0)
+    std[std == 0] = 1.0
+    return centered / std
+
+
+def gram(x: ArrayLike, method: CkaMethod = CkaMethod()) -> Float64Array:
+    """The uncentered n x n Gram matrix of a representation matrix under ``method``'s kernel.
+
+    For the linear kernel the features are first centered over the samples. Both estimators
+    are exactly invariant to that shift, and it keeps the prefix sums of the sample-size curve
+    free of cancellation.
+    """
+    features = standardize_features(x) if method.standardize else as_features(x)
+    if method.kernel == "linear":
+        centered = features - features.mean(axis=0)
+        return centered @ centered.T
+    return _rbf_gram(features, method.rbf_scale)
+
+
+def _rbf_gram(features: Float64Array, scale: float) -> Float64Array:
+    sq_norms = np.einsum("ij,ij->i", features, features)
+    sq_dist = sq_norms[:, None] + sq_norms[None, :] - 2.0 * (features @ features.T)
+    np.maximum(sq_dist, 0.0, out=sq_dist)
+    np.fill_diagonal(sq_dist, 0.0)
+    n = sq_dist.shape[0]
+    off_diagonal = np.sqrt(sq_dist[~np.eye(n, dtype=bool)])
+    median = float(np.median(off_diagonal)) if off_diagonal.size else 0.0
+    sigma = scale * median if median > 0 else 1.0
+    return np.exp(-sq_dist / (2.0 * sigma * sigma))
+
+
+def center_gram(k: ArrayLike, estimator: Estimator = "debiased") -> Float64Array:
+    """Center a Gram matrix so that HSIC becomes a Frobenius inner product.
+
+    ``biased``: ``H K H``. ``debiased``: U-centering, i.e. with the diagonal of K set to zero,
+    ``K_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2))`` off the diagonal (r the row sums, s the
+    total) and zero on it; then ``<U(K), U(L)> / (n(n-3))`` is Song et al.'s unbiased HSIC.
+    """
+    matrix = np.array(k, dtype=np.float64)
+    n = _check_square(matrix)
+    if estimator == "biased":
+        row_means = matrix.mean(axis=1)
+        return matrix - row_means[:, None] - row_means[None, :] + row_means.mean()
+    if n < MIN_SAMPLES:
+        raise ValueError(f"the debiased estimator needs at least {MIN_SAMPLES} samples, got {n}")
+    np.fill_diagonal(matrix, 0.0)
+    row_sums = matrix.sum(axis=1)
+    total = row_sums.sum()
+    shift = row_sums / (n - 2) - total / (2.0 * (n - 1) * (n - 2))
+    matrix -= shift[:, None]
+    matrix -= shift[None, :]
+    np.fill_diagonal(matrix, 0.0)
+    return matrix
+
+
+def hsic(k: ArrayLike, l: ArrayLike, estimator: Estimator = "debiased") -> float:  # noqa: E741
+    """HSIC of two uncentered Gram matrices over the same samples."""
+    kc, lc = center_gram(k, estimator), center_gram(l, estimator)
+    n = kc.shape[0]
+    scale = (n - 1) ** 2 if estimator == "biased" else n * (n - 3)
+    return float(np.vdot(kc, lc) / scale)
+
+
+def cka_from_centered(kc: Float64Array, lc: Float64Array) -> float:
+    """CKA of two Gram matrices already centered by `center_gram` with the same estimator."""
+    denominator = np.vdot(kc, kc) * np.vdot(lc, lc)
+    if not denominator > 0:
+        return float("nan")
+    return float(np.vdot(kc, lc) / np.sqrt(denominator))
+
+
+def cka(x: ArrayLike, y: ArrayLike, method: CkaMethod = CkaMethod()) -> float:
+    """CKA between two representation matrices with the same rows (samples)."""
+    gx, gy = gram(x, method), gram(y, method)
+    if gx.shape != gy.shape:
+        raise ValueError(f"sample counts differ: {gx.shape[0]} vs {gy.shape[0]}")
+    return cka_from_centered(center_gram(gx, method.estimator), center_gram(gy, method.estimator))
+
+
+def centered_grams(layers: Sequence[ArrayLike], method: CkaMethod = CkaMethod()) -> Float64Array:
+    """One centered Gram matrix per layer, stacked: shape (layers, n, n)."""
+    return np.stack([center_gram(gram(x, method), method.estimator) for x in layers])
+
+
+def cka_matrix(centered_a: Float64Array, centered_b: Float64Array) -> Float64Array:
+    """The layer-by-layer CKA matrix from two stacks of centered Gram matrices.
+
+    Row i, column j is CKA(layer i of A, layer j of B). Each Gram matrix was built and
+    centered once; the matrix is one product of the flattened stacks. Layers whose
+    representation is constant give NaN.
+    """
+    if centered_a.ndim != 3 or centered_b.ndim != 3 or centered_a.shape[1:] != centered_b.shape[1:]:
+        raise ValueError(
+            f"expected two stacks of n x n matrices, got {centered_a.shape} and {centered_b.shape}"
+        )
+    flat_a = centered_a.reshape(centered_a.shape[0], -1)
+    flat_b = centered_b.reshape(centered_b.shape[0], -1)
+    norms_a = np.sqrt(np.einsum("ij,ij->i", flat_a, flat_a))
+    norms_b = np.sqrt(np.einsum("ij,ij->i", flat_b, flat_b))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        matrix = (flat_a @ flat_b.T) / np.outer(norms_a, norms_b)
+    matrix[~np.isfinite(matrix)] = np.nan
+    return matrix
+
+
+@dataclass(frozen=True)
+class _PrefixSums:
+    """For every leading block K[:n, :n], L[:n, :n] (n = 1..N): the four sums HSIC needs."""
+
+    kl: Float64Array  # sum_ij K_ij L_ij
+    k: Float64Array  # sum_ij K_ij
+    l: Float64Array  # noqa: E741  sum_ij L_ij
+    cross: Float64Array  # 1^T K L 1 = sum_j (sum_i K_ij)(sum_i L_ij)
+
+
+def _block_sums(m: Float64Array) -> Float64Array:
+    """s[n-1] = sum of the leading n x n block of a symmetric matrix, for n = 1..N."""
+    return np.cumsum(2.0 * np.tril(m, -1).sum(axis=1) + np.diagonal(m))
+
+
+def _prefix_sums(k: Float64Array, l: Float64Array) -> _PrefixSums:  # noqa: E741
+    # Column sums restricted to the first n rows: col_k[n-1, j] = sum_{i<n} K_ij.
+    col_k = np.cumsum(k, axis=0)
+    col_l = np.cumsum(l, axis=0)
+    cross = np.tril(col_k * col_l).sum(axis=1)
+    return _PrefixSums(kl=_block_sums(k * l), k=_block_sums(k), l=_block_sums(l), cross=cross)
+
+
+def _hsic_from_sums(
+    sums: _PrefixSums, sizes: NDArray[np.int64], estimator: Estimator
+) -> Float64Array:
+    idx = sizes - 1
+    n = sizes.astype(np.float64)
+    kl, sk, sl, cross = sums.kl[idx], sums.k[idx], sums.l[idx], sums.cross[idx]
+    if estimator == "biased":
+        return (kl - 2.0 * cross / n + sk * sl / (n * n)) / ((n - 1) ** 2)
+    return (kl + sk * sl / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
+
+
+def cka_curve(
+    k: ArrayLike,
+    l: ArrayLike,  # noqa: E741
+    sizes: Sequence[int],
+    estimator: Estimator = "debiased",
+) -> Float64Array:
+    """CKA on the first n samples, for each n in ``sizes``, from two uncentered Gram matrices.
+
+    Equal to ``cka_from_centered(center_gram(K[:n,:n]), center_gram(L[:n,:n]))`` for every n,
+    but all sizes together cost O(N^2) rather than O(N^2) per size. (Kernel parameters that
+    depend on the samples, such as the RBF bandwidth or standardization, stay those of the
+    full set: the curve isolates the effect of the sample count.)
+    """
+    km = np.array(k, dtype=np.float64)
+    lm = np.array(l, dtype=np.float64)
+    total = _check_square(km)
+    if lm.shape != km.shape:
+        raise ValueError(f"Gram matrices differ in shape: {km.shape} vs {lm.shape}")
+    size_array = np.asarray(sizes, dtype=np.int64)
+    smallest = 2 if estimator == "biased" else MIN_SAMPLES
+    if size_array.size and (size_array.min() < smallest or size_array.max() > total):
+        raise ValueError(f"sizes must lie in [{smallest}, {total}], got {sizes}")
+    if estimator == "debiased":
+        np.fill_diagonal(km, 0.0)
+        np.fill_diagonal(lm, 0.0)
+    h_kl = _hsic_from_sums(_prefix_sums(km, lm), size_array, estimator)
+    h_kk = _hsic_from_sums(_prefix_sums(km, km), size_array, estimator)
+    h_ll = _hsic_from_sums(_prefix_sums(lm, lm), size_array, estimator)
+    denominator = h_kk * h_ll
+    with np.errstate(divide="ignore", invalid="ignore"):
+        curve = np.where(denominator > 0, h_kl / np.sqrt(np.abs(denominator)), np.nan)
+    return curve
+
+
+def curve_sizes(total: int, step: int = 10) -> list[int]:
+    """The sample sizes of REEF's ablation: step, 2*step, ... and always ``total`` itself."""
+    sizes = list(range(step, total + 1, step))
+    if not sizes or sizes[-1] != total:
+        sizes.append(total)
+    return sizes
+
+
+def _check_square(matrix: Float64Array) -> int:
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"expected a square Gram matrix, got shape {matrix.shape}")
+    return int(matrix.shape[0])

@@ -1,0 +1,219 @@
+"""Comparing two fingerprints: the layer-by-layer CKA matrix and the numbers read from it.
+
+Both fingerprints must hold representations of the same probe texts in the same order (the
+same probe digest). Every layer's Gram matrix is built and centered once, as the layer is read
+from disk, so only the n x n matrices stay in memory, never all layers' features.
+
+The *headline* is the score at REEF's layer: REEF reads block 19 of Llama-2-7B's 32 (its
+"layer 18", counted from 0); for a model with L blocks the headline block is the one at the
+same relative depth, ``round(19 * L / 32)``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import __version__
+from .cka import CkaMethod, Float64Array, center_gram, cka_curve, cka_matrix, curve_sizes, gram
+from .errors import ComparisonError
+from .fingerprint import EMBEDDINGS_LAYER, Fingerprint
+
+#: REEF's layer as a fraction of depth: block 19 of 32 (hidden_states[19], its 0-based layer 18).
+REEF_BLOCK, REEF_DEPTH = 19, 32
+
+
+@dataclass(frozen=True)
+class LayerPair:
+    layer_a: str
+    layer_b: str
+    score: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"layer_a": self.layer_a, "layer_b": self.layer_b, "score": _json_float(self.score)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The outcome of `compare_fingerprints`; `as_json` is the documented JSON record."""
+
+    method: CkaMethod
+    layers_a: list[str]
+    layers_b: list[str]
+    matrix: Float64Array
+    headline: LayerPair
+    curve_sizes: list[int]
+    curve_scores: Float64Array
+    probes_digest: str
+    num_samples: int
+    fingerprints: dict[str, dict[str, str]] = field(default_factory=dict)
+    forced: bool = False
+
+    def score(self, layer_a: str, layer_b: str) -> float:
+        return float(self.matrix[self.layers_a.index(layer_a), self.layers_b.index(layer_b)])
+
+    @property
+    def diagonal(self) -> list[LayerPair]:
+        """Each layer of A against the layer of B at the same relative depth."""
+        return [
+            LayerPair(a, b, self.score(a, b))
+            for a, b in zip(self.layers_a, _aligned(self.layers_a, self.layers_b), strict=True)
+        ]
+
+    @property
+    def best_match(self) -> list[LayerPair]:
+        """Each layer of A against the layer of B it is most similar to."""
+        pairs = []
+        for i, name in enumerate(self.layers_a):
+            row = self.matrix[i]
+            if np.all(np.isnan(row)):
+                pairs.append(LayerPair(name, self.layers_b[0], float("nan")))
+                continue
+            j = int(np.nanargmax(row))
+            pairs.append(LayerPair(name, self.layers_b[j], float(row[j])))
+        return pairs
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "tool": {"name": "reef-forensics", "version": __version__},
+            "estimator": self.method.name,
+            "kernel": self.method.kernel,
+            "standardize": self.method.standardize,
+            "rbf_scale": self.method.rbf_scale if self.method.kernel == "rbf" else None,
+            "probes_digest": self.probes_digest,
+            "num_samples": self.num_samples,
+            "forced": self.forced,
+            "fingerprints": self.fingerprints,
+            "layers_a": self.layers_a,
+            "layers_b": self.layers_b,
+            "matrix": [[_json_float(v) for v in row] for row in self.matrix],
+            "headline": {
+                **self.headline.as_json(),
+                "rule": f"REEF relative depth: block {REEF_BLOCK} of {REEF_DEPTH}",
+            },
+            "diagonal": [pair.as_json() for pair in self.diagonal],
+            "best_match": [pair.as_json() for pair in self.best_match],
+            "curve": {
+                "layer_a": self.headline.layer_a,
+                "layer_b": self.headline.layer_b,
+                "sizes": self.curve_sizes,
+                "scores": [_json_float(v) for v in self.curve_scores],
+            },
+        }
+
+
+def compare_fingerprints(
+    a: Fingerprint,
+    b: Fingerprint,
+    *,
+    method: CkaMethod | None = None,
+    force: bool = False,
+    progress: bool = False,
+) -> Comparison:
+    """CKA between every layer of ``a`` and every layer of ``b`` on their shared probe texts."""
+    chosen = method or CkaMethod()
+    if a.num_samples != b.num_samples:
+        raise ComparisonError(
+            f"the fingerprints hold different numbers of probe texts ({a.num_samples} vs "
+            f"{b.num_samples}): they were made on different probe sets and cannot be compared"
+        )
+    if a.probes_digest != b.probes_digest and not force:
+        raise ComparisonError(
+            "the fingerprints were made on different probe sets "
+            f"({a.probes_digest[:19]}... vs {b.probes_digest[:19]}...); "
+            "pass --force to compare them row by row anyway"
+        )
+    head_a, head_b = headline_layer(a.layers), headline_layer(b.layers)
+    with tqdm(
+        total=len(a.layers) + len(b.layers),
+        desc="compare",
+        unit="layer",
+        disable=not progress,
+        file=sys.stderr,
+    ) as bar:
+        centered_a, raw_a = _centered_stack(a, chosen, head_a, bar)
+        centered_b, raw_b = _centered_stack(b, chosen, head_b, bar)
+    matrix = cka_matrix(centered_a, centered_b)
+    sizes = [s for s in curve_sizes(a.num_samples) if s >= 10 or s == a.num_samples]
+    curve = cka_curve(raw_a, raw_b, sizes, chosen.estimator)
+    return Comparison(
+        method=chosen,
+        layers_a=a.layers,
+        layers_b=b.layers,
+        matrix=matrix,
+        headline=LayerPair(
+            head_a, head_b, float(matrix[a.layers.index(head_a), b.layers.index(head_b)])
+        ),
+        curve_sizes=sizes,
+        curve_scores=curve,
+        probes_digest=a.probes_digest,
+        num_samples=a.num_samples,
+        fingerprints={"a": _describe(a), "b": _describe(b)},
+        forced=a.probes_digest != b.probes_digest,
+    )
+
+
+def _centered_stack(
+    fingerprint: Fingerprint, method: CkaMethod, keep: str, bar: Any
+) -> tuple[Float64Array, Float64Array]:
+    """Centered Gram matrices of every layer (built once each) and the raw Gram of ``keep``."""
+    n = fingerprint.num_samples
+    stack = np.empty((len(fingerprint.layers), n, n), dtype=np.float64)
+    kept = np.empty((0, 0))
+    for i, (name, features) in enumerate(fingerprint.iter_layers()):
+        raw = gram(features, method)
+        if name == keep:
+            kept = raw.copy()
+        stack[i] = center_gram(raw, method.estimator)
+        bar.update(1)
+    return stack, kept
+
+
+def _depth(name: str, num_blocks: int) -> float:
+    if name == EMBEDDINGS_LAYER:
+        return 0.0
+    index = int(name.rsplit("_", 1)[-1])
+    return index / num_blocks if num_blocks else 0.0
+
+
+def _num_blocks(layers: list[str]) -> int:
+    return max((int(n.rsplit("_", 1)[-1]) for n in layers if n != EMBEDDINGS_LAYER), default=0)
+
+
+def headline_layer(layers: list[str]) -> str:
+    """The layer at REEF's relative depth (block 19 of 32), or the nearest one present."""
+    blocks = _num_blocks(layers)
+    target = (
+        min(max(round(REEF_BLOCK * blocks / REEF_DEPTH), 1), blocks) / blocks if blocks else 0.0
+    )
+    return min(layers, key=lambda name: abs(_depth(name, blocks) - target))
+
+
+def _aligned(layers_a: list[str], layers_b: list[str]) -> list[str]:
+    """For each layer of A, the layer of B at the nearest relative depth."""
+    blocks_a, blocks_b = _num_blocks(layers_a), _num_blocks(layers_b)
+    depths_b = [_depth(name, blocks_b) for name in layers_b]
+    aligned = []
+    for name_a in layers_a:
+        depth_a = _depth(name_a, blocks_a)
+        nearest = min(range(len(layers_b)), key=lambda j: abs(depths_b[j] - depth_a))
+        aligned.append(layers_b[nearest])
+    return aligned
+
+
+def _describe(fingerprint: Fingerprint) -> dict[str, str]:
+    return {
+        "path": str(fingerprint.path),
+        "digest": fingerprint.digest,
+        "model_name": fingerprint.model_name,
+        "model_digest": fingerprint.model_digest,
+    }
+
+
+def _json_float(value: float) -> float | None:
+    return None if math.isnan(value) or math.isinf(value) else float(value)

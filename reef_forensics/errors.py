@@ -1,0 +1,45 @@
+"""One exception hierarchy for everything a user can get wrong or that can go wrong.
+
+The CLI maps `BadInputError` (and its subclasses) to exit code 2 and prints the message as one
+line; any other `ReefError` maps to exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class ReefError(Exception):
+    """Base class of every error reef-forensics raises on purpose."""
+
+    exit_code = 1
+
+
+class BadInputError(ReefError):
+    """The user's input (a path, a file, an option) cannot be used; exit code 2."""
+
+    exit_code = 2
+
+
+class ProbeSetError(BadInputError):
+    """A probe set cannot be read or is unusable (empty, too short, malformed)."""
+
+
+class ModelLoadError(BadInputError):
+    """A model cannot be loaded safely (missing, corrupt, pickle-only, needs remote code)."""
+
+
+class ExtractionError(BadInputError):
+    """Representations cannot be extracted (no hidden states, NaN/inf activations, empty text)."""
+
+
+class FingerprintError(BadInputError):
+    """A fingerprint directory is missing, malformed, or its files do not match its manifest."""
+
+
+class ComparisonError(BadInputError):
+    """Two fingerprints cannot be compared (different probes, different sample counts)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type name): enough for one error line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

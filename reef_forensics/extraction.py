@@ -1,0 +1,186 @@
+"""Batched extraction of per-layer pooled hidden states.
+
+For every probe text and every hidden state the model returns (the embeddings, then the
+output of each block), one vector: the ``last`` real token (REEF's choice, the default for
+decoders) or the ``mean`` over real tokens (the default for encoders). Texts are tokenized once,
+sorted by length into batches (longest first, so running out of memory happens at once, not at
+the end), padded on the right by default, and run under ``torch.inference_mode``. Pooling reads
+the attention mask, so it is right under left and right padding alike; with left padding,
+position ids are passed explicitly for models with absolute positions.
+
+`iter_pooled` yields each batch's rows with their original probe indices; the caller decides
+where they go (a fingerprint writes them straight to disk).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from .errors import ExtractionError, first_line
+from .models import LoadedModel
+
+Pooling = Literal["last", "mean"]
+PaddingSide = Literal["right", "left"]
+POOLINGS: tuple[Pooling, ...] = ("last", "mean")
+PADDING_SIDES: tuple[PaddingSide, ...] = ("right", "left")
+
+
+def default_pooling(loaded: LoadedModel) -> Pooling:
+    return "mean" if loaded.is_encoder else "last"
+
+
+@dataclass(frozen=True)
+class TokenizedProbes:
+    input_ids: list[list[int]]
+    truncated: int  # how many texts were cut at max_length
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+@dataclass(frozen=True)
+class PooledBatch:
+    indices: NDArray[np.int64]  # original probe positions of the rows
+    layers: list[NDArray[np.float32]]  # one (batch, hidden) float32 array per hidden state
+
+
+def tokenize_probes(tokenizer: Any, texts: Sequence[str], max_length: int) -> TokenizedProbes:
+    """Tokenize every text once (special tokens included); refuse texts with no real token."""
+    if max_length < 2:
+        raise ExtractionError(f"--max-length must be at least 2, got {max_length}")
+    encoded = tokenizer(
+        list(texts),
+        add_special_tokens=True,
+        truncation=False,
+        padding=False,
+        return_special_tokens_mask=True,
+        return_attention_mask=False,
+    )
+    input_ids: list[list[int]] = []
+    truncated = 0
+    for number, (ids, special) in enumerate(
+        zip(encoded["input_ids"], encoded["special_tokens_mask"], strict=True), start=1
+    ):
+        if len(ids) - sum(special) == 0:
+            raise ExtractionError(
+                f"probe text {number} tokenizes to nothing: {texts[number - 1][:60]!r}"
+            )
+        if len(ids) > max_length:
+            truncated += 1
+            ids = _truncate(ids, special, max_length)
+        input_ids.append(list(ids))
+    return TokenizedProbes(input_ids=input_ids, truncated=truncated)
+
+
+def _truncate(ids: Sequence[int], special: Sequence[int], max_length: int) -> list[int]:
+    """Cut real tokens from the end, keeping trailing special tokens (such as BERT's [SEP])."""
+    tail = 0
+    while tail < len(special) and special[len(special) - 1 - tail]:
+        tail += 1
+    tail = min(tail, max_length - 1)
+    return list(ids[: max_length - tail]) + (list(ids[len(ids) - tail :]) if tail else [])
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[NDArray[np.int64]]:
+    """Probe indices grouped into batches of similar length, longest first (stable)."""
+    if batch_size < 1:
+        raise ExtractionError(f"--batch-size must be at least 1, got {batch_size}")
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def iter_pooled(
+    loaded: LoadedModel,
+    tokens: TokenizedProbes,
+    *,
+    pooling: Pooling,
+    batch_size: int = 16,
+    padding_side: PaddingSide = "right",
+    device: str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[PooledBatch]:
+    """Run the model over length-sorted batches and yield each batch's pooled hidden states."""
+    if pooling not in POOLINGS:
+        raise ExtractionError(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
+    if padding_side not in PADDING_SIDES:
+        raise ExtractionError(f"unknown padding side {padding_side!r}: expected right or left")
+    model = loaded.model
+    accepted = set(inspect.signature(model.forward).parameters)
+    pad_id = _pad_token_id(loaded.tokenizer)
+    for batch in length_sorted_batches(tokens.lengths, batch_size):
+        input_ids, mask = _pad([tokens.input_ids[i] for i in batch], pad_id, padding_side)
+        inputs: dict[str, Any] = {
+            "input_ids": input_ids.to(device),
+            "attention_mask": mask.to(device),
+            "output_hidden_states": True,
+            "return_dict": True,
+        }
+        if padding_side == "left" and "position_ids" in accepted:
+            inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        if "use_cache" in accepted:
+            inputs["use_cache"] = False
+        with torch.inference_mode():
+            try:
+                output = model(**inputs)
+            except Exception as exc:
+                raise ExtractionError(
+                    f"the model's forward pass failed: {first_line(exc)}"
+                ) from None
+            hidden_states = getattr(output, "hidden_states", None)
+            if not hidden_states:
+                raise ExtractionError(
+                    f"{loaded.source.path}: the model returns no hidden states "
+                    f"({type(model).__name__} is not supported)"
+                )
+            pooled = [_pool(h, mask.to(h.device), pooling) for h in hidden_states]
+        for array in pooled:
+            if not np.isfinite(array).all():
+                raise ExtractionError(
+                    f"{loaded.source.path}: the model produced NaN or infinite activations "
+                    "(corrupt weights, or try --dtype float32)"
+                )
+        yield PooledBatch(indices=batch, layers=pooled)
+        if on_batch is not None:
+            on_batch(len(batch))
+
+
+def _pad(
+    sequences: list[list[int]], pad_id: int, side: PaddingSide
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        start = 0 if side == "right" else width - len(seq)
+        ids[row, start : start + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, start : start + len(seq)] = 1
+    return ids, mask
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> NDArray[np.float32]:
+    """Pool one hidden state (batch, tokens, width) to (batch, width) in float32."""
+    values = hidden.float()
+    if pooling == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask * positions).argmax(dim=1)
+        pooled = values[torch.arange(values.shape[0], device=values.device), last]
+    else:
+        weights = mask.to(values.dtype).unsqueeze(-1)
+        pooled = (values * weights).sum(dim=1) / weights.sum(dim=1)
+    return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _pad_token_id(tokenizer: Any) -> int:
+    """Any valid id will do: padded positions are masked out and never pooled."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0

@@ -1,0 +1,288 @@
+"""The fingerprint format: a directory of representations, probe texts and a manifest.
+
+::
+
+    FINGERPRINT/
+      fingerprint.json             canonical JSON (RFC 8785) manifest, see docs/formats.md
+      representations.safetensors  one float32 tensor per layer, n x d, in probe order
+      probes.jsonl                 the exact probe texts, in order, one {"text": ...} a line
+
+`read_fingerprint` checks everything it can without a signature: the manifest is canonical and
+of a known version, both files hash to the digests the manifest records, the texts hash to the
+probe digest, and every tensor has the shape the manifest declares. `FingerprintWriter` builds
+a fingerprint in a hidden staging directory next to the destination and renames it into place
+only when complete, so a failure never leaves a half-written fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .digests import canonical_json, sha256_bytes, sha256_file, texts_digest
+from .errors import FingerprintError
+from .safetensors_file import Header, StreamWriter, read_header, read_tensor
+
+FORMAT = "reef-fingerprint"
+FORMAT_VERSION = 1
+MANIFEST = "fingerprint.json"
+REPRESENTATIONS = "representations.safetensors"
+PROBES = "probes.jsonl"
+FILES = (MANIFEST, REPRESENTATIONS, PROBES)
+EMBEDDINGS_LAYER = "embeddings"
+
+
+def layer_names(num_hidden_states: int) -> list[str]:
+    """``embeddings`` for hidden_states[0], then ``block_1`` ... ``block_L``, each block's output."""
+    return [EMBEDDINGS_LAYER] + [f"block_{i}" for i in range(1, num_hidden_states)]
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A fingerprint directory that passed `read_fingerprint`'s checks."""
+
+    path: Path
+    manifest: dict[str, Any]
+    texts: tuple[str, ...]
+    _header: Header
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical manifest, which itself records the digests of both files."""
+        return sha256_bytes(canonical_json(self.manifest))
+
+    @property
+    def layers(self) -> list[str]:
+        return [layer["name"] for layer in self.manifest["representations"]["layers"]]
+
+    @property
+    def dims(self) -> list[int]:
+        return [layer["dim"] for layer in self.manifest["representations"]["layers"]]
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.manifest["probes"]["count"])
+
+    @property
+    def probes_digest(self) -> str:
+        return str(self.manifest["probes"]["digest"])
+
+    @property
+    def model_digest(self) -> str:
+        return str(self.manifest["model"]["digest"])
+
+    @property
+    def model_name(self) -> str:
+        return str(self.manifest["model"]["name"])
+
+    @property
+    def pooling(self) -> str:
+        return str(self.manifest["extraction"]["pooling"])
+
+    def layer(self, name: str) -> NDArray[np.float32]:
+        """One layer's representations, n x d float32, rows in probe order."""
+        if name not in self._header.tensors:
+            raise FingerprintError(
+                f"{self.path}: no layer {name!r} (layers: {', '.join(self.layers)})"
+            )
+        return read_tensor(self.path / REPRESENTATIONS, self._header.tensors[name])
+
+    def iter_layers(self) -> Iterator[tuple[str, NDArray[np.float32]]]:
+        for name in self.layers:
+            yield name, self.layer(name)
+
+
+def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
+    """Open a fingerprint directory and check its integrity; raise `FingerprintError` if unsound."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FingerprintError(f"fingerprint not found: {folder} is not a directory")
+    for name in FILES:
+        if not (folder / name).is_file():
+            raise FingerprintError(f"{folder} is not a complete fingerprint: {name} is missing")
+    manifest = _read_manifest(folder / MANIFEST)
+    recorded = manifest["files"]
+    for name in (REPRESENTATIONS, PROBES):
+        if sha256_file(folder / name) != recorded.get(name):
+            raise FingerprintError(
+                f"{folder}: {name} does not match the digest in {MANIFEST} (modified after it was made)"
+            )
+    texts = tuple(_read_texts(folder / PROBES))
+    if (
+        len(texts) != manifest["probes"]["count"]
+        or texts_digest(texts) != manifest["probes"]["digest"]
+    ):
+        raise FingerprintError(
+            f"{folder}: {PROBES} does not match the probe digest and count in {MANIFEST}"
+        )
+    try:
+        header = read_header(folder / REPRESENTATIONS)
+    except Exception as exc:
+        raise FingerprintError(str(exc)) from None
+    layers = manifest["representations"]["layers"]
+    if [layer["name"] for layer in layers] != list(header.tensors):
+        raise FingerprintError(f"{folder}: the layers in {REPRESENTATIONS} differ from {MANIFEST}")
+    for layer in layers:
+        entry = header.tensors[layer["name"]]
+        if entry.dtype != "F32" or entry.shape != (len(texts), layer["dim"]):
+            raise FingerprintError(
+                f"{folder}: layer {layer['name']!r} is {entry.dtype} {list(entry.shape)}, "
+                f"expected F32 [{len(texts)}, {layer['dim']}]"
+            )
+    return Fingerprint(path=folder, manifest=manifest, texts=texts, _header=header)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    raw = path.read_bytes()
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FingerprintError(f"{path} is not valid JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FingerprintError(f"{path} is not a reef-forensics fingerprint manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise FingerprintError(
+            f"{path}: format version {manifest.get('format_version')!r} is not supported "
+            f"(this tool reads version {FORMAT_VERSION})"
+        )
+    if canonical_json(manifest) != raw:
+        raise FingerprintError(f"{path} is not in canonical form (edited by hand?)")
+    try:
+        _check_manifest_shape(manifest)
+    except (KeyError, TypeError, AssertionError):
+        raise FingerprintError(
+            f"{path} lacks required fields or has fields of the wrong type"
+        ) from None
+    return manifest
+
+
+def _check_manifest_shape(manifest: dict[str, Any]) -> None:
+    assert isinstance(manifest["model"]["digest"], str)
+    assert isinstance(manifest["probes"]["digest"], str)
+    assert isinstance(manifest["probes"]["count"], int)
+    assert isinstance(manifest["extraction"]["pooling"], str)
+    assert isinstance(manifest["files"], dict)
+    layers = manifest["representations"]["layers"]
+    assert isinstance(layers, list) and layers
+    for layer in layers:
+        assert isinstance(layer["name"], str) and isinstance(layer["dim"], int)
+
+
+def _read_texts(path: Path) -> list[str]:
+    texts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            row = json.loads(line)
+            texts.append(row["text"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise FingerprintError(f'{path}:{number}: not a {{"text": ...}} line') from None
+    return texts
+
+
+def created_timestamp() -> str:
+    """UTC now, or SOURCE_DATE_EPOCH when set (reproducible builds)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = (
+        datetime.fromtimestamp(int(epoch), tz=timezone.utc) if epoch else datetime.now(timezone.utc)
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class FingerprintWriter:
+    """Build a fingerprint in a staging directory; `commit` renames it into place.
+
+    Use as a context manager: leaving the block with an exception removes the staging
+    directory, and nothing appears at the destination.
+    """
+
+    def __init__(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        self.out = Path(out)
+        check_destination(self.out, overwrite=overwrite)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.overwrite = overwrite
+        self.staging = Path(
+            tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent)
+        )
+        self._stream: StreamWriter | None = None
+        self._layers: list[dict[str, Any]] = []
+
+    def __enter__(self) -> FingerprintWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        if self.staging.exists():
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def start(self, names: Sequence[str], dims: Sequence[int], num_samples: int) -> None:
+        """Declare the layers; allocates the representations file."""
+        self._layers = [{"name": n, "dim": int(d)} for n, d in zip(names, dims, strict=True)]
+        self._stream = StreamWriter(
+            self.staging / REPRESENTATIONS,
+            [(n, (num_samples, int(d))) for n, d in zip(names, dims, strict=True)],
+            metadata={"format": FORMAT},
+        )
+
+    @property
+    def started(self) -> bool:
+        return self._stream is not None
+
+    def write_rows(self, indices: NDArray[np.int64], layers: Sequence[NDArray[np.float32]]) -> None:
+        assert self._stream is not None, "start() first"
+        for layer, values in zip(self._layers, layers, strict=True):
+            self._stream.write_rows(layer["name"], indices, values)
+
+    def commit(self, texts: Sequence[str], manifest: dict[str, Any]) -> Fingerprint:
+        """Write the texts and the manifest (completed with layers and file digests), then rename."""
+        assert self._stream is not None, "start() first"
+        self._stream.close()
+        self._stream = None
+        with open(self.staging / PROBES, "w", encoding="utf-8", newline="\n") as handle:
+            for text in texts:
+                handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        full = {
+            **manifest,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "representations": {"dtype": "float32", "layers": self._layers},
+            "files": {
+                PROBES: sha256_file(self.staging / PROBES),
+                REPRESENTATIONS: sha256_file(self.staging / REPRESENTATIONS),
+            },
+        }
+        (self.staging / MANIFEST).write_bytes(canonical_json(full))
+        replace_directory(self.staging, self.out)
+        return read_fingerprint(self.out)
+
+
+def check_destination(out: Path, *, overwrite: bool) -> None:
+    """Refuse to write over an existing path unless asked; never write over a non-fingerprint."""
+    if not out.exists():
+        return
+    if not overwrite:
+        raise FingerprintError(f"{out} already exists (pass --overwrite to replace it)")
+    if out.is_file() or (any(out.iterdir()) and not (out / MANIFEST).is_file()):
+        raise FingerprintError(f"{out} exists and is not a fingerprint: refusing to replace it")
+
+
+def replace_directory(staging: Path, out: Path) -> None:
+    """Move a finished staging directory to ``out``, replacing an old one only at the end."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)

@@ -1,0 +1,155 @@
+"""Making a fingerprint: resolve and digest a model, load it, extract, write.
+
+`fingerprint_model` is what the CLI's ``fingerprint`` command and the MLflow worker call.
+`fingerprint_loaded` does the same for a model already in memory (benchmarks, tests, callers
+that fingerprint one model on several probe sets).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import __version__
+from .extraction import (
+    PaddingSide,
+    Pooling,
+    default_pooling,
+    iter_pooled,
+    tokenize_probes,
+)
+from .fingerprint import (
+    Fingerprint,
+    FingerprintWriter,
+    check_destination,
+    created_timestamp,
+    layer_names,
+)
+from .models import LoadedModel, ModelDigest, load_model, model_digest, resolve_model
+from .probes import ProbeSet, load_probes
+
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_MAX_LENGTH = 512
+
+
+def fingerprint_model(
+    model: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    probes: ProbeSet | None = None,
+    pooling: Pooling | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    dtype: str = "float32",
+    device: str = "cpu",
+    padding_side: PaddingSide = "right",
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Fingerprint:
+    """Fingerprint the model at ``model`` (a Hugging Face folder or a GGUF file) into ``out``."""
+    probe_set = probes if probes is not None else load_probes()
+    check_destination(Path(out), overwrite=overwrite)
+    source = resolve_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    digest = model_digest(source)
+    loaded = load_model(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    return fingerprint_loaded(
+        loaded,
+        digest,
+        out,
+        probes=probe_set,
+        pooling=pooling,
+        batch_size=batch_size,
+        max_length=max_length,
+        dtype=dtype,
+        device=device,
+        padding_side=padding_side,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def fingerprint_loaded(
+    loaded: LoadedModel,
+    digest: ModelDigest,
+    out: str | os.PathLike[str],
+    *,
+    probes: ProbeSet,
+    pooling: Pooling | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    dtype: str = "float32",
+    device: str = "cpu",
+    padding_side: PaddingSide = "right",
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Fingerprint:
+    """Extract a loaded model's representations of ``probes`` and write the fingerprint."""
+    chosen_pooling = pooling or default_pooling(loaded)
+    tokens = tokenize_probes(loaded.tokenizer, probes.texts, max_length)
+    with (
+        FingerprintWriter(out, overwrite=overwrite) as writer,
+        tqdm(
+            total=len(probes),
+            desc=f"fingerprint {loaded.source.name}",
+            unit="text",
+            disable=not progress,
+            file=sys.stderr,
+        ) as bar,
+    ):
+        for batch in iter_pooled(
+            loaded,
+            tokens,
+            pooling=chosen_pooling,
+            batch_size=batch_size,
+            padding_side=padding_side,
+            device=device,
+            on_batch=bar.update,
+        ):
+            if not writer.started:
+                writer.start(
+                    layer_names(len(batch.layers)), [a.shape[1] for a in batch.layers], len(probes)
+                )
+            writer.write_rows(batch.indices, batch.layers)
+        manifest = _manifest(
+            loaded,
+            digest,
+            probes,
+            extraction={
+                "pooling": chosen_pooling,
+                "padding_side": padding_side,
+                "max_length": max_length,
+                "truncated": tokens.truncated,
+                "compute_dtype": dtype,
+                "batch_size": batch_size,
+                "device": device,
+            },
+        )
+        return writer.commit(probes.texts, manifest)
+
+
+def _manifest(
+    loaded: LoadedModel, digest: ModelDigest, probes: ProbeSet, extraction: dict[str, Any]
+) -> dict[str, Any]:
+    config = loaded.model.config
+    return {
+        "tool": {"name": "reef-forensics", "version": __version__},
+        "created": created_timestamp(),
+        "model": {
+            "name": loaded.source.name,
+            "kind": loaded.source.kind,
+            "digest": digest.digest,
+            "files": [f.as_json() for f in digest.files],
+            "model_type": loaded.model_type,
+            "architecture": type(loaded.model).__name__,
+            "num_blocks": int(getattr(config, "num_hidden_layers", 0) or 0),
+            "encoder": loaded.is_encoder,
+        },
+        "probes": {"name": probes.name, "digest": probes.digest, "count": len(probes)},
+        "extraction": extraction,
+    }

@@ -1,0 +1,193 @@
+"""The fingerprint format: contents, integrity checks, atomic writing, and GGUF models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from reef_forensics import FingerprintError, ProbeSet, fingerprint_model, read_fingerprint
+from reef_forensics.digests import canonical_json, sha256_file
+from reef_forensics.fingerprint import FORMAT_VERSION, MANIFEST, PROBES, REPRESENTATIONS
+from reef_forensics.safetensors_file import StreamWriter
+
+
+def test_fingerprint_holds_every_layer_in_probe_order(
+    fingerprints: dict[str, Path], probes: ProbeSet
+) -> None:
+    fp = read_fingerprint(fingerprints["victim"])
+    manifest = fp.manifest
+    assert manifest["format"] == "reef-fingerprint" and manifest["format_version"] == FORMAT_VERSION
+    assert manifest["probes"] == {
+        "name": "builtin:default",
+        "digest": probes.digest,
+        "count": len(probes),
+    }
+    assert manifest["extraction"]["pooling"] == "last"
+    assert manifest["model"]["digest"].startswith("sha256:")
+    assert manifest["tool"]["name"] == "reef-forensics"
+    assert fp.layers == ["embeddings", "block_1", "block_2", "block_3", "block_4"]
+    assert fp.texts == probes.texts
+    # an independent reader (the safetensors library) sees the same tensors
+    tensors = load_file(fp.path / REPRESENTATIONS)
+    assert list(tensors) == fp.layers or sorted(tensors) == sorted(fp.layers)
+    for name in fp.layers:
+        assert tensors[name].shape == (len(probes), 64) and tensors[name].dtype == np.float32
+        np.testing.assert_array_equal(tensors[name], fp.layer(name))
+    assert (fp.path / MANIFEST).read_bytes() == canonical_json(manifest)
+
+
+def test_encoder_fingerprint_defaults_to_mean_pooling(fingerprints: dict[str, Path]) -> None:
+    assert read_fingerprint(fingerprints["bert"]).pooling == "mean"
+
+
+def test_fingerprint_is_the_same_whatever_the_batch_size(
+    zoo: dict[str, Path], small_probes: ProbeSet, tmp_path: Path
+) -> None:
+    one = fingerprint_model(zoo["victim"], tmp_path / "b1", probes=small_probes, batch_size=1)
+    many = fingerprint_model(zoo["victim"], tmp_path / "b7", probes=small_probes, batch_size=7)
+    for name in one.layers:
+        a, b = one.layer(name), many.layer(name)
+        assert np.abs(a - b).max() / np.abs(a).max() < 1e-4
+
+
+def test_gguf_model_fingerprints_like_its_safetensors_original(
+    zoo: dict[str, Path], small_probes: ProbeSet, tmp_path: Path
+) -> None:
+    from_gguf = fingerprint_model(zoo["gguf"], tmp_path / "gguf", probes=small_probes)
+    from_hf = fingerprint_model(zoo["victim"], tmp_path / "hf", probes=small_probes)
+    assert from_gguf.manifest["model"]["kind"] == "gguf"
+    assert [f["path"] for f in from_gguf.manifest["model"]["files"]] == ["victim.gguf"]
+    assert from_gguf.layers == from_hf.layers
+    for name in from_hf.layers:
+        a, b = from_gguf.layer(name), from_hf.layer(name)
+        assert np.abs(a - b).max() / np.abs(b).max() < 1e-4
+
+
+def test_folder_holding_one_gguf_file_is_accepted(
+    zoo: dict[str, Path], small_probes: ProbeSet, tmp_path: Path
+) -> None:
+    fp = fingerprint_model(zoo["gguf"].parent, tmp_path / "fp", probes=small_probes)
+    assert fp.manifest["model"]["kind"] == "gguf"
+
+
+def copy_fingerprint(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        ("flip-representation-byte", "representations.safetensors does not match the digest"),
+        ("edit-probe-text", "probes.jsonl does not match the digest"),
+        ("delete-probes", "probes.jsonl is missing"),
+        ("delete-representations", "representations.safetensors is missing"),
+        ("delete-manifest", "fingerprint.json is missing"),
+        ("pretty-print-manifest", "not in canonical form"),
+        ("future-version", "format version 99 is not supported"),
+        ("not-json", "is not valid JSON"),
+        ("consistent-but-wrong-count", "does not match the probe digest and count"),
+        ("drop-field", "lacks required fields"),
+    ],
+)
+def test_missing_or_edited_files_are_detected(
+    fingerprints: dict[str, Path], tmp_path: Path, tamper: str, message: str
+) -> None:
+    fp = copy_fingerprint(fingerprints["victim"], tmp_path / "fp")
+    manifest = json.loads((fp / MANIFEST).read_text())
+    if tamper == "flip-representation-byte":
+        data = bytearray((fp / REPRESENTATIONS).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (fp / REPRESENTATIONS).write_bytes(bytes(data))
+    elif tamper == "edit-probe-text":
+        text = (fp / PROBES).read_text().replace("Q:", "Q;", 1)
+        (fp / PROBES).write_text(text)
+    elif tamper.startswith("delete-"):
+        {"probes": fp / PROBES, "representations": fp / REPRESENTATIONS, "manifest": fp / MANIFEST}[
+            tamper[7:]
+        ].unlink()
+    elif tamper == "pretty-print-manifest":
+        (fp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    elif tamper == "future-version":
+        manifest["format_version"] = 99
+        (fp / MANIFEST).write_bytes(canonical_json(manifest))
+    elif tamper == "not-json":
+        (fp / MANIFEST).write_text("{")
+    elif tamper == "consistent-but-wrong-count":
+        manifest["probes"]["count"] += 1
+        (fp / MANIFEST).write_bytes(canonical_json(manifest))
+    elif tamper == "drop-field":
+        del manifest["extraction"]
+        (fp / MANIFEST).write_bytes(canonical_json(manifest))
+    with pytest.raises(FingerprintError, match=message):
+        read_fingerprint(fp)
+
+
+def test_a_failed_extraction_leaves_nothing_behind(
+    zoo: dict[str, Path], small_probes: ProbeSet, tmp_path: Path
+) -> None:
+    """A token whose embedding is NaN appears only in the shortest text, so the last batch fails
+    after the others were written to the staging directory."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from reef_forensics import ExtractionError
+
+    broken = tmp_path / "broken"
+    model = AutoModel.from_pretrained(zoo["victim"])
+    tokenizer = AutoTokenizer.from_pretrained(zoo["victim"])
+    poisoned = tokenizer("~", add_special_tokens=False).input_ids[0]
+    with torch.no_grad():
+        model.embed_tokens.weight[poisoned] = float("nan")
+    model.save_pretrained(broken)
+    tokenizer.save_pretrained(broken)
+    out_parent = tmp_path / "out"
+    out_parent.mkdir()
+    texts = (*small_probes.texts, "~")
+    with pytest.raises(ExtractionError, match="NaN or infinite"):
+        fingerprint_model(broken, out_parent / "fp", probes=ProbeSet("t", texts), batch_size=8)
+    assert list(out_parent.iterdir()) == []
+
+
+def test_existing_destination_needs_overwrite(
+    zoo: dict[str, Path], small_probes: ProbeSet, tmp_path: Path
+) -> None:
+    out = tmp_path / "fp"
+    first = fingerprint_model(zoo["victim"], out, probes=small_probes)
+    with pytest.raises(FingerprintError, match="already exists"):
+        fingerprint_model(zoo["victim"], out, probes=small_probes)
+    second = fingerprint_model(zoo["unrelated"], out, probes=small_probes, overwrite=True)
+    assert second.model_digest != first.model_digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp"]
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "important.txt").write_text("keep me")
+    with pytest.raises(FingerprintError, match="not a fingerprint"):
+        fingerprint_model(zoo["victim"], other, probes=small_probes, overwrite=True)
+    assert (other / "important.txt").read_text() == "keep me"
+
+
+def test_stream_writer_puts_rows_on_disk_as_they_come(tmp_path: Path) -> None:
+    path = tmp_path / "r.safetensors"
+    writer = StreamWriter(path, [("a", (4, 3)), ("b", (4, 2))])
+    writer.write_rows("a", [2, 0], np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32))
+    writer.write_rows("b", [3], np.array([[7, 8]], dtype=np.float32))
+    before_close = path.read_bytes()  # the rows reach the file through the shared map
+    writer.close()
+    assert before_close == path.read_bytes()
+    loaded = load_file(path)
+    np.testing.assert_array_equal(loaded["a"], [[4, 5, 6], [0, 0, 0], [1, 2, 3], [0, 0, 0]])
+    np.testing.assert_array_equal(loaded["b"], [[0, 0], [0, 0], [0, 0], [7, 8]])
+
+
+def test_manifest_records_file_digests(fingerprints: dict[str, Path]) -> None:
+    fp = read_fingerprint(fingerprints["victim"])
+    assert fp.manifest["files"] == {
+        PROBES: sha256_file(fp.path / PROBES),
+        REPRESENTATIONS: sha256_file(fp.path / REPRESENTATIONS),
+    }

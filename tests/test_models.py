@@ -1,0 +1,206 @@
+"""Safe model loading: what is refused, what is loaded, and the model digest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from reef_forensics import ModelLoadError, load_model, model_digest, resolve_model
+from reef_forensics.safetensors_file import read_header
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_hf_folder_resolves_and_loads_base_model(zoo: dict[str, Path]) -> None:
+    source = resolve_model(zoo["victim"])
+    assert source.kind == "hf-directory" and [p.name for p in source.weight_files] == [
+        "model.safetensors"
+    ]
+    loaded = load_model(source)
+    assert type(loaded.model).__name__ == "LlamaModel"
+    assert not loaded.is_encoder and loaded.model_type == "llama"
+    assert load_model(resolve_model(zoo["bert"])).is_encoder
+
+
+def test_model_digest_is_stable_and_covers_weights_config_and_tokenizer(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    first = model_digest(resolve_model(zoo["victim"]))
+    assert first == model_digest(resolve_model(zoo["victim"]))
+    names = [f.path for f in first.files]
+    assert names == sorted(names)
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(names)
+    assert "generation_config.json" not in names
+    copy = copy_model(zoo["victim"], tmp_path / "copy")
+    assert (
+        model_digest(resolve_model(copy)).digest == first.digest
+    )  # the folder's name does not count
+    (copy / "README.md").write_text("notes do not change the model")
+    assert model_digest(resolve_model(copy)).digest == first.digest
+    tokenizer = json.loads((copy / "tokenizer.json").read_text())
+    tokenizer["model"]["vocab"]["zzz-new"] = 99999
+    (copy / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert model_digest(resolve_model(copy)).digest != first.digest
+
+
+def test_sharded_safetensors_load_and_a_missing_shard_is_refused(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoModel
+
+    sharded = tmp_path / "sharded"
+    AutoModel.from_pretrained(zoo["victim"]).save_pretrained(sharded, max_shard_size="50KB")
+    shutil.copy(zoo["victim"] / "tokenizer.json", sharded)
+    shutil.copy(zoo["victim"] / "tokenizer_config.json", sharded)
+    source = resolve_model(sharded)
+    assert len(source.weight_files) > 1
+    assert load_model(source).model.config.num_hidden_layers == 4
+    source.weight_files[-1].unlink()
+    with pytest.raises(ModelLoadError, match="missing weight shard"):
+        resolve_model(sharded)
+
+
+def test_pickle_only_checkpoint_is_refused_unless_allowed(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = copy_model(zoo["victim"], tmp_path / "pickled")
+    (folder / "model.safetensors").unlink()
+    torch.save(
+        load_model(resolve_model(zoo["victim"])).model.state_dict(), folder / "pytorch_model.bin"
+    )
+    with pytest.raises(
+        ModelLoadError, match=r"only pickle weights \(pytorch_model.bin\).*--allow-pickle"
+    ):
+        resolve_model(folder)
+    source = resolve_model(folder, allow_pickle=True)
+    assert source.uses_pickle
+    assert load_model(source).model.config.num_hidden_layers == 4
+
+
+def test_pickle_beside_safetensors_is_never_loaded(zoo: dict[str, Path], tmp_path: Path) -> None:
+    folder = copy_model(zoo["victim"], tmp_path / "both")
+    (folder / "pytorch_model.bin").write_bytes(b"not even a pickle")
+    source = resolve_model(folder)
+    assert not source.uses_pickle
+    load_model(source)  # would fail if the .bin were read
+
+
+def test_remote_code_is_refused_unless_trusted(zoo: dict[str, Path], tmp_path: Path) -> None:
+    folder = copy_model(zoo["victim"], tmp_path / "remote")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="evil-arch", auto_map={"AutoModel": "modeling_evil.EvilModel"})
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="--trust-remote-code"):
+        resolve_model(folder)
+    assert resolve_model(folder, trust_remote_code=True).kind == "hf-directory"
+
+
+def test_known_architecture_with_auto_map_loads_the_builtin_class(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = copy_model(zoo["victim"], tmp_path / "automap")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert type(load_model(resolve_model(folder)).model).__name__ == "LlamaModel"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate", "ends past the end of the file"),
+        ("header-garbage", "header is not valid JSON"),
+        ("huge-header", "declares a .*-byte header"),
+        ("tiny", "shorter than the 8-byte header length"),
+    ],
+)
+def test_corrupt_safetensors_is_refused_before_loading(
+    zoo: dict[str, Path], tmp_path: Path, damage: str, message: str
+) -> None:
+    folder = copy_model(zoo["victim"], tmp_path / "corrupt")
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    if damage == "truncate":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "header-garbage":
+        weights.write_bytes(data[:8] + b"\xff" * 16 + data[24:])
+    elif damage == "huge-header":
+        weights.write_bytes(struct.pack("<Q", 1 << 40) + data[8:])
+    else:
+        weights.write_bytes(b"abc")
+    with pytest.raises(ModelLoadError, match=message):
+        resolve_model(folder)
+
+
+def test_overlapping_or_oversized_tensor_declarations_are_refused(tmp_path: Path) -> None:
+    def write(header: dict, payload: bytes) -> Path:
+        raw = json.dumps(header).encode()
+        path = tmp_path / "t.safetensors"
+        path.write_bytes(struct.pack("<Q", len(raw)) + raw + payload)
+        return path
+
+    overlapping = {
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+    }
+    with pytest.raises(Exception, match="overlap"):
+        read_header(write(overlapping, b"\0" * 12))
+    huge = {"a": {"dtype": "F32", "shape": [1 << 30, 1 << 30], "data_offsets": [0, 8]}}
+    with pytest.raises(Exception, match=r"declares .* bytes but spans 8"):
+        read_header(write(huge, b"\0" * 8))
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "model not found"),
+        ("empty-dir", "no config.json and no .gguf file"),
+        ("plain-file", "is not a model"),
+        ("no-weights", "has no weight files"),
+        ("bad-config", "config.json is not valid JSON"),
+        ("fake-gguf", "not a GGUF file"),
+    ],
+)
+def test_paths_that_are_not_models_are_refused(
+    zoo: dict[str, Path], tmp_path: Path, setup: str, message: str
+) -> None:
+    target = tmp_path / "m"
+    if setup == "empty-dir":
+        target.mkdir()
+    elif setup == "plain-file":
+        target = tmp_path / "weights.safetensors"
+        target.write_bytes(b"xx")
+    elif setup == "no-weights":
+        copy_model(zoo["victim"], target)
+        (target / "model.safetensors").unlink()
+    elif setup == "bad-config":
+        copy_model(zoo["victim"], target)
+        (target / "config.json").write_text("{not json")
+    elif setup == "fake-gguf":
+        target = tmp_path / "model.gguf"
+        target.write_bytes(b"NOPE" + b"\0" * 64)
+    with pytest.raises(ModelLoadError, match=message):
+        resolve_model(target)
+
+
+def test_encoder_decoder_models_are_refused_with_a_reason(probes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from transformers import T5Config, T5Model
+
+    from reef_forensics.toy_models import train_tokenizer
+
+    folder = tmp_path / "t5"
+    tokenizer = train_tokenizer(probes.texts[:100], vocab_size=200)
+    T5Model(
+        T5Config(vocab_size=len(tokenizer), d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8)
+    ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(ModelLoadError, match="encoder-decoder"):
+        load_model(resolve_model(folder))
