@@ -23,7 +23,7 @@ Nothing here reads files or knows about models.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -100,18 +100,24 @@ def standardize_features(x: ArrayLike) -> Float64Array:
     return centered / std
 
 
-def gram(x: ArrayLike, method: CkaMethod = CkaMethod()) -> Float64Array:
+def gram(
+    x: ArrayLike, method: CkaMethod = CkaMethod(), *, out: Float64Array | None = None
+) -> Float64Array:
     """The uncentered n x n Gram matrix of a representation matrix under ``method``'s kernel.
 
     For the linear kernel the features are first centered over the samples. Both estimators
-    are exactly invariant to that shift, and it keeps the prefix sums of the sample-size curve
-    free of cancellation.
+    are exactly invariant to that shift, and it keeps the running sums of the sample-size
+    curve free of cancellation. ``out`` receives the result when given (no extra copy).
     """
     features = standardize_features(x) if method.standardize else as_features(x)
     if method.kernel == "linear":
-        centered = features - features.mean(axis=0)
-        return centered @ centered.T
-    return _rbf_gram(features, method.rbf_scale)
+        features -= features.mean(axis=0)
+        return np.matmul(features, features.T, out=out)
+    result = _rbf_gram(features, method.rbf_scale)
+    if out is None:
+        return result
+    out[...] = result
+    return out
 
 
 def _rbf_gram(features: Float64Array, scale: float) -> Float64Array:
@@ -133,11 +139,17 @@ def center_gram(k: ArrayLike, estimator: Estimator = "debiased") -> Float64Array
     ``K_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2))`` off the diagonal (r the row sums, s the
     total) and zero on it; then ``<U(K), U(L)> / (n(n-3))`` is Song et al.'s unbiased HSIC.
     """
-    matrix = np.array(k, dtype=np.float64)
+    return _center_in_place(np.array(k, dtype=np.float64), estimator)
+
+
+def _center_in_place(matrix: Float64Array, estimator: Estimator) -> Float64Array:
     n = _check_square(matrix)
     if estimator == "biased":
         row_means = matrix.mean(axis=1)
-        return matrix - row_means[:, None] - row_means[None, :] + row_means.mean()
+        matrix -= row_means[:, None]
+        matrix -= row_means[None, :]
+        matrix += row_means.mean()
+        return matrix
     if n < MIN_SAMPLES:
         raise ValueError(f"the debiased estimator needs at least {MIN_SAMPLES} samples, got {n}")
     np.fill_diagonal(matrix, 0.0)
@@ -174,9 +186,27 @@ def cka(x: ArrayLike, y: ArrayLike, method: CkaMethod = CkaMethod()) -> float:
     return cka_from_centered(center_gram(gx, method.estimator), center_gram(gy, method.estimator))
 
 
-def centered_grams(layers: Sequence[ArrayLike], method: CkaMethod = CkaMethod()) -> Float64Array:
-    """One centered Gram matrix per layer, stacked: shape (layers, n, n)."""
-    return np.stack([center_gram(gram(x, method), method.estimator) for x in layers])
+def centered_grams(
+    layers: Iterable[ArrayLike], method: CkaMethod = CkaMethod(), *, count: int | None = None
+) -> Float64Array:
+    """One centered Gram matrix per layer, stacked: shape (layers, n, n).
+
+    Each Gram matrix is built straight into its slot and centered there, so a layer's
+    features are needed only while its own matrix is made: ``layers`` may be a generator that
+    reads them one at a time, with ``count`` saying how many it yields.
+    """
+    if count is None:
+        layers = list(layers)
+        count = len(layers)
+    stack: Float64Array | None = None
+    for i, x in enumerate(layers):
+        features = np.asarray(x)
+        if stack is None:
+            stack = np.empty((count, features.shape[0], features.shape[0]))
+        _center_in_place(gram(features, method, out=stack[i]), method.estimator)
+    if stack is None:
+        raise ValueError("no layers given")
+    return stack
 
 
 def cka_matrix(centered_a: Float64Array, centered_b: Float64Array) -> Float64Array:
@@ -200,38 +230,49 @@ def cka_matrix(centered_a: Float64Array, centered_b: Float64Array) -> Float64Arr
     return matrix
 
 
-@dataclass(frozen=True)
-class _PrefixSums:
-    """For every leading block K[:n, :n], L[:n, :n] (n = 1..N): the four sums HSIC needs."""
+def _leading_row_sums(m: Float64Array, sizes: NDArray[np.int64]) -> Float64Array:
+    """Row t holds the column sums of the first ``sizes[t]`` rows of ``m``: shape (T, N).
 
-    kl: Float64Array  # sum_ij K_ij L_ij
-    k: Float64Array  # sum_ij K_ij
-    l: Float64Array  # noqa: E741  sum_ij L_ij
-    cross: Float64Array  # 1^T K L 1 = sum_j (sum_i K_ij)(sum_i L_ij)
-
-
-def _block_sums(m: Float64Array) -> Float64Array:
-    """s[n-1] = sum of the leading n x n block of a symmetric matrix, for n = 1..N."""
-    return np.cumsum(2.0 * np.tril(m, -1).sum(axis=1) + np.diagonal(m))
+    One pass over ``m``: the rows between consecutive sizes are summed as a block, then the
+    block sums are accumulated.
+    """
+    starts = np.concatenate(([0], sizes[:-1]))
+    return np.cumsum(np.add.reduceat(m, starts, axis=0), axis=0)
 
 
-def _prefix_sums(k: Float64Array, l: Float64Array) -> _PrefixSums:  # noqa: E741
-    # Column sums restricted to the first n rows: col_k[n-1, j] = sum_{i<n} K_ij.
-    col_k = np.cumsum(k, axis=0)
-    col_l = np.cumsum(l, axis=0)
-    cross = np.tril(col_k * col_l).sum(axis=1)
-    return _PrefixSums(kl=_block_sums(k * l), k=_block_sums(k), l=_block_sums(l), cross=cross)
-
-
-def _hsic_from_sums(
-    sums: _PrefixSums, sizes: NDArray[np.int64], estimator: Estimator
+def _leading_product_sums(
+    k: Float64Array,
+    l: Float64Array,  # noqa: E741
+    sizes: NDArray[np.int64],
 ) -> Float64Array:
-    idx = sizes - 1
+    """Like `_leading_row_sums` for the elementwise product ``k * l``, without materializing it."""
+    starts = np.concatenate(([0], sizes[:-1]))
+    blocks = [np.einsum("ij,ij->j", k[a:b], l[a:b]) for a, b in zip(starts, sizes, strict=True)]
+    return np.cumsum(np.stack(blocks), axis=0)
+
+
+def _hsic_at_sizes(
+    k: Float64Array,
+    l: Float64Array,  # noqa: E741
+    col_k: Float64Array,
+    col_l: Float64Array,
+    sizes: NDArray[np.int64],
+    estimator: Estimator,
+) -> Float64Array:
+    """HSIC of every leading block K[:n, :n], L[:n, :n] for n in ``sizes`` (ascending).
+
+    With r_K(n) the column sums of the first n rows, the estimators need four sums per block:
+    sum K*L, sum K, sum L, and 1^T K L 1 = r_K(n) . r_L(n), each restricted to columns j < n.
+    """
+    within = np.arange(k.shape[1])[None, :] < sizes[:, None]  # (T, N): column j < n
+    kl = (_leading_product_sums(k, l, sizes) * within).sum(axis=1)
+    sk = (col_k * within).sum(axis=1)
+    sl = (col_l * within).sum(axis=1)
+    cross = (col_k * col_l * within).sum(axis=1)
     n = sizes.astype(np.float64)
-    kl, sk, sl, cross = sums.kl[idx], sums.k[idx], sums.l[idx], sums.cross[idx]
     if estimator == "biased":
-        return (kl - 2.0 * cross / n + sk * sl / (n * n)) / ((n - 1) ** 2)
-    return (kl + sk * sl / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
+        return np.asarray((kl - 2.0 * cross / n + sk * sl / (n * n)) / ((n - 1) ** 2))
+    return np.asarray((kl + sk * sl / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3)))
 
 
 def cka_curve(
@@ -243,29 +284,34 @@ def cka_curve(
     """CKA on the first n samples, for each n in ``sizes``, from two uncentered Gram matrices.
 
     Equal to ``cka_from_centered(center_gram(K[:n,:n]), center_gram(L[:n,:n]))`` for every n,
-    but all sizes together cost O(N^2) rather than O(N^2) per size. (Kernel parameters that
-    depend on the samples, such as the RBF bandwidth or standardization, stay those of the
-    full set: the curve isolates the effect of the sample count.)
+    but computed from running sums: a few passes over the N x N matrices for all sizes together,
+    instead of centering an n x n block per size. (Kernel parameters that depend on the
+    samples, such as the RBF bandwidth or standardization, stay those of the full set: the
+    curve isolates the effect of the sample count.)
     """
     km = np.array(k, dtype=np.float64)
     lm = np.array(l, dtype=np.float64)
     total = _check_square(km)
     if lm.shape != km.shape:
         raise ValueError(f"Gram matrices differ in shape: {km.shape} vs {lm.shape}")
-    size_array = np.asarray(sizes, dtype=np.int64)
+    requested = np.asarray(sizes, dtype=np.int64)
     smallest = 2 if estimator == "biased" else MIN_SAMPLES
-    if size_array.size and (size_array.min() < smallest or size_array.max() > total):
-        raise ValueError(f"sizes must lie in [{smallest}, {total}], got {sizes}")
+    if requested.size == 0:
+        return np.empty(0)
+    if requested.min() < smallest or requested.max() > total:
+        raise ValueError(f"sizes must lie in [{smallest}, {total}], got {list(sizes)}")
     if estimator == "debiased":
         np.fill_diagonal(km, 0.0)
         np.fill_diagonal(lm, 0.0)
-    h_kl = _hsic_from_sums(_prefix_sums(km, lm), size_array, estimator)
-    h_kk = _hsic_from_sums(_prefix_sums(km, km), size_array, estimator)
-    h_ll = _hsic_from_sums(_prefix_sums(lm, lm), size_array, estimator)
+    ordered, inverse = np.unique(requested, return_inverse=True)
+    col_k, col_l = _leading_row_sums(km, ordered), _leading_row_sums(lm, ordered)
+    h_kl = _hsic_at_sizes(km, lm, col_k, col_l, ordered, estimator)
+    h_kk = _hsic_at_sizes(km, km, col_k, col_k, ordered, estimator)
+    h_ll = _hsic_at_sizes(lm, lm, col_l, col_l, ordered, estimator)
     denominator = h_kk * h_ll
     with np.errstate(divide="ignore", invalid="ignore"):
         curve = np.where(denominator > 0, h_kl / np.sqrt(np.abs(denominator)), np.nan)
-    return curve
+    return np.asarray(curve[inverse])
 
 
 def curve_sizes(total: int, step: int = 10) -> list[int]:

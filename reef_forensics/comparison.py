@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from . import __version__
-from .cka import CkaMethod, Float64Array, center_gram, cka_curve, cka_matrix, curve_sizes, gram
+from .cka import CkaMethod, Float64Array, centered_grams, cka_curve, cka_matrix, curve_sizes, gram
 from .errors import ComparisonError
 from .fingerprint import EMBEDDINGS_LAYER, Fingerprint
 
@@ -136,11 +138,14 @@ def compare_fingerprints(
         disable=not progress,
         file=sys.stderr,
     ) as bar:
-        centered_a, raw_a = _centered_stack(a, chosen, head_a, bar)
-        centered_b, raw_b = _centered_stack(b, chosen, head_b, bar)
+        centered_a = centered_grams(_counted(a, bar), chosen, count=len(a.layers))
+        centered_b = centered_grams(_counted(b, bar), chosen, count=len(b.layers))
     matrix = cka_matrix(centered_a, centered_b)
-    sizes = [s for s in curve_sizes(a.num_samples) if s >= 10 or s == a.num_samples]
-    curve = cka_curve(raw_a, raw_b, sizes, chosen.estimator)
+    del centered_a, centered_b
+    sizes = curve_sizes(a.num_samples)
+    curve = cka_curve(
+        gram(a.layer(head_a), chosen), gram(b.layer(head_b), chosen), sizes, chosen.estimator
+    )
     return Comparison(
         method=chosen,
         layers_a=a.layers,
@@ -158,20 +163,11 @@ def compare_fingerprints(
     )
 
 
-def _centered_stack(
-    fingerprint: Fingerprint, method: CkaMethod, keep: str, bar: Any
-) -> tuple[Float64Array, Float64Array]:
-    """Centered Gram matrices of every layer (built once each) and the raw Gram of ``keep``."""
-    n = fingerprint.num_samples
-    stack = np.empty((len(fingerprint.layers), n, n), dtype=np.float64)
-    kept = np.empty((0, 0))
-    for i, (name, features) in enumerate(fingerprint.iter_layers()):
-        raw = gram(features, method)
-        if name == keep:
-            kept = raw.copy()
-        stack[i] = center_gram(raw, method.estimator)
+def _counted(fingerprint: Fingerprint, bar: Any) -> Iterator[NDArray[np.float32]]:
+    """The fingerprint's layers, read one at a time, ticking the progress bar."""
+    for _, features in fingerprint.iter_layers():
+        yield features
         bar.update(1)
-    return stack, kept
 
 
 def _depth(name: str, num_blocks: int) -> float:
