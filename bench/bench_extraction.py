@@ -114,9 +114,15 @@ def prepare_model(path: str | None) -> Path:
         from transformers import AutoModelForCausalLM
 
         loaded = load_model(resolve_model(source))  # our loader: tokenizer with GGUF's BOS rule
-        AutoModelForCausalLM.from_pretrained(
+        dequantized = AutoModelForCausalLM.from_pretrained(
             str(source.parent), gguf_file=source.name
-        ).save_pretrained(folder)
+        )
+        config = dequantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the weights are plain float32 now
+        plain = AutoModelForCausalLM.from_config(config)
+        plain.load_state_dict(dequantized.state_dict())
+        plain.save_pretrained(folder)
         loaded.tokenizer.save_pretrained(folder)
     return folder
 

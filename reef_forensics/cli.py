@@ -197,7 +197,6 @@ def _show_progress(args: argparse.Namespace) -> bool:
 
 def _cmd_fingerprint(args: argparse.Namespace) -> int:
     from .fingerprinting import fingerprint_model
-    from .models import resolve_device
 
     probe_set = load_probes(
         args.probes, column=args.probes_column, split=args.probes_split, limit=args.probes_limit
@@ -210,7 +209,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         dtype=args.dtype,
-        device=resolve_device(args.device),
+        device=args.device,
         padding_side=args.padding_side,
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,

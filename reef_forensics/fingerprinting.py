@@ -29,7 +29,14 @@ from .fingerprint import (
     created_timestamp,
     layer_names,
 )
-from .models import LoadedModel, ModelDigest, load_model, model_digest, resolve_model
+from .models import (
+    LoadedModel,
+    ModelDigest,
+    load_model,
+    model_digest,
+    resolve_device,
+    resolve_model,
+)
 from .probes import ProbeSet, load_probes
 
 DEFAULT_BATCH_SIZE = 16
@@ -52,9 +59,14 @@ def fingerprint_model(
     overwrite: bool = False,
     progress: bool = False,
 ) -> Fingerprint:
-    """Fingerprint the model at ``model`` (a Hugging Face folder or a GGUF file) into ``out``."""
+    """Fingerprint the model at ``model`` (a Hugging Face folder or a GGUF file) into ``out``.
+
+    ``device`` is ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. Raises a `BadInputError` subclass
+    for anything the caller can fix; nothing is left at ``out`` when it fails.
+    """
     probe_set = probes if probes is not None else load_probes()
     check_destination(Path(out), overwrite=overwrite)
+    device = resolve_device(device)
     source = resolve_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     digest = model_digest(source)
     loaded = load_model(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)

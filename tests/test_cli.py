@@ -402,3 +402,25 @@ def test_console_script_runs_as_a_real_process(
     ]
     version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
     assert version.stdout.startswith("reef-forensics ")
+
+
+def test_progress_bar_goes_to_stderr_when_asked(
+    capsys: pytest.CaptureFixture[str], zoo: dict[str, Path], probe_file: Path, tmp_path: Path
+) -> None:
+    code, out, err = run_cli(
+        capsys,
+        "fingerprint",
+        zoo["victim"],
+        "--out",
+        tmp_path / "fp",
+        "--probes",
+        probe_file,
+        "--progress",
+    )
+    assert code == 0
+    assert "fingerprint victim" in err and "40/40" in err
+    assert "40/40" not in out
+    code, _, err = run_cli(capsys, "compare", tmp_path / "fp", tmp_path / "fp", "--progress")
+    assert code == 0 and "compare" in err and "10/10" in err
+    code, _, err = run_cli(capsys, "compare", tmp_path / "fp", tmp_path / "fp", "--no-progress")
+    assert code == 0 and err == ""

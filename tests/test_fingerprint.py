@@ -191,3 +191,17 @@ def test_manifest_records_file_digests(fingerprints: dict[str, Path]) -> None:
         PROBES: sha256_file(fp.path / PROBES),
         REPRESENTATIONS: sha256_file(fp.path / REPRESENTATIONS),
     }
+
+
+def test_reduced_precision_compute_is_stored_as_float32_and_stays_close(
+    zoo: dict[str, Path], small_probes: ProbeSet, tmp_path: Path
+) -> None:
+    full = fingerprint_model(zoo["victim"], tmp_path / "f32", probes=small_probes)
+    half = fingerprint_model(
+        zoo["victim"], tmp_path / "bf16", probes=small_probes, dtype="bfloat16"
+    )
+    assert half.manifest["extraction"]["compute_dtype"] == "bfloat16"
+    for name in full.layers:
+        low, high = half.layer(name), full.layer(name)
+        assert low.dtype == np.float32
+        assert np.abs(low - high).max() / np.abs(high).max() < 0.05
