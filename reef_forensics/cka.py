@@ -237,7 +237,7 @@ def _leading_row_sums(m: Float64Array, sizes: NDArray[np.int64]) -> Float64Array
     block sums are accumulated.
     """
     starts = np.concatenate(([0], sizes[:-1]))
-    return np.cumsum(np.add.reduceat(m, starts, axis=0), axis=0)
+    return np.cumsum(np.add.reduceat(m[: sizes[-1]], starts, axis=0), axis=0)
 
 
 def _leading_product_sums(
@@ -300,9 +300,13 @@ def cka_curve(
         return np.empty(0)
     if requested.min() < smallest or requested.max() > total:
         raise ValueError(f"sizes must lie in [{smallest}, {total}], got {list(sizes)}")
-    if estimator == "debiased":
-        np.fill_diagonal(km, 0.0)
-        np.fill_diagonal(lm, 0.0)
+    # Both estimators ignore a constant added to every entry; removing the typical entry first
+    # keeps the running sums from cancelling (an RBF Gram matrix with a wide bandwidth is all
+    # near 1).
+    for matrix in (km, lm):
+        matrix -= _mean_off_diagonal(matrix)
+        if estimator == "debiased":
+            np.fill_diagonal(matrix, 0.0)
     ordered, inverse = np.unique(requested, return_inverse=True)
     col_k, col_l = _leading_row_sums(km, ordered), _leading_row_sums(lm, ordered)
     h_kl = _hsic_at_sizes(km, lm, col_k, col_l, ordered, estimator)
@@ -312,6 +316,13 @@ def cka_curve(
     with np.errstate(divide="ignore", invalid="ignore"):
         curve = np.where(denominator > 0, h_kl / np.sqrt(np.abs(denominator)), np.nan)
     return np.asarray(curve[inverse])
+
+
+def _mean_off_diagonal(matrix: Float64Array) -> float:
+    n = matrix.shape[0]
+    if n < 2:
+        return 0.0
+    return float((matrix.sum() - np.trace(matrix)) / (n * (n - 1)))
 
 
 def curve_sizes(total: int, step: int = 10) -> list[int]:

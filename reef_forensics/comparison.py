@@ -12,6 +12,7 @@ same relative depth, ``round(19 * L / 32)``.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from .fingerprint import EMBEDDINGS_LAYER, Fingerprint
 
 #: REEF's layer as a fraction of depth: block 19 of 32 (hidden_states[19], its 0-based layer 18).
 REEF_BLOCK, REEF_DEPTH = 19, 32
+COMPARISON_FORMAT = "reef-comparison"
+COMPARISON_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Comparison:
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "format": COMPARISON_FORMAT,
+            "format_version": COMPARISON_FORMAT_VERSION,
             "tool": {"name": "reef-forensics", "version": __version__},
             "estimator": self.method.name,
             "kernel": self.method.kernel,
@@ -130,6 +135,7 @@ def compare_fingerprints(
             f"({a.probes_digest[:19]}... vs {b.probes_digest[:19]}...); "
             "pass --force to compare them row by row anyway"
         )
+    _check_memory(len(a.layers) + len(b.layers), a.num_samples)
     head_a, head_b = headline_layer(a.layers), headline_layer(b.layers)
     with tqdm(
         total=len(a.layers) + len(b.layers),
@@ -161,6 +167,21 @@ def compare_fingerprints(
         fingerprints={"a": _describe(a), "b": _describe(b)},
         forced=a.probes_digest != b.probes_digest,
     )
+
+
+def _check_memory(layers: int, n: int) -> None:
+    """Refuse up front a comparison whose Gram matrices cannot fit in this machine's memory."""
+    needed = layers * n * n * 8
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > 0.8 * total:
+        raise ComparisonError(
+            f"comparing needs about {needed / 2**30:.1f} GiB for {layers} Gram matrices of "
+            f"{n} x {n} texts, more than this machine's {total / 2**30:.1f} GiB: "
+            "fingerprint fewer probe texts"
+        )
 
 
 def _counted(fingerprint: Fingerprint, bar: Any) -> Iterator[NDArray[np.float32]]:
@@ -208,6 +229,7 @@ def _describe(fingerprint: Fingerprint) -> dict[str, str]:
         "digest": fingerprint.digest,
         "model_name": fingerprint.model_name,
         "model_digest": fingerprint.model_digest,
+        "probes_digest": fingerprint.probes_digest,
     }
 
 

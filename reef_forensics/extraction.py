@@ -75,18 +75,28 @@ def tokenize_probes(tokenizer: Any, texts: Sequence[str], max_length: int) -> To
             )
         if len(ids) > max_length:
             truncated += 1
-            ids = _truncate(ids, special, max_length)
+            ids, special = _truncate(ids, special, max_length)
+            if not any(not flag for flag in special):
+                raise ExtractionError(
+                    f"--max-length {max_length} leaves probe text {number} no real token"
+                )
         input_ids.append(list(ids))
     return TokenizedProbes(input_ids=input_ids, truncated=truncated)
 
 
-def _truncate(ids: Sequence[int], special: Sequence[int], max_length: int) -> list[int]:
+def _truncate(
+    ids: Sequence[int], special: Sequence[int], max_length: int
+) -> tuple[list[int], list[int]]:
     """Cut real tokens from the end, keeping trailing special tokens (such as BERT's [SEP])."""
     tail = 0
     while tail < len(special) and special[len(special) - 1 - tail]:
         tail += 1
     tail = min(tail, max_length - 1)
-    return list(ids[: max_length - tail]) + (list(ids[len(ids) - tail :]) if tail else [])
+    keep = max_length - tail
+    return (
+        list(ids[:keep]) + list(ids[len(ids) - tail :]),
+        list(special[:keep]) + list(special[len(special) - tail :]),
+    )
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[NDArray[np.int64]]:
@@ -112,9 +122,13 @@ def iter_pooled(
         raise ExtractionError(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
     if padding_side not in PADDING_SIDES:
         raise ExtractionError(f"unknown padding side {padding_side!r}: expected right or left")
-    model = loaded.model
+    model: Any = loaded.model
     accepted = set(inspect.signature(model.forward).parameters)
     pad_id = _pad_token_id(loaded.tokenizer)
+    positions_from_ids = _derives_positions_from_padding(model)
+    if positions_from_ids:
+        # RoBERTa-style models number positions from the pad token; they need that exact id.
+        pad_id = int(model.config.pad_token_id)
     for batch in length_sorted_batches(tokens.lengths, batch_size):
         input_ids, mask = _pad([tokens.input_ids[i] for i in batch], pad_id, padding_side)
         inputs: dict[str, Any] = {
@@ -123,7 +137,7 @@ def iter_pooled(
             "output_hidden_states": True,
             "return_dict": True,
         }
-        if padding_side == "left" and "position_ids" in accepted:
+        if padding_side == "left" and "position_ids" in accepted and not positions_from_ids:
             inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
         if "use_cache" in accepted:
             inputs["use_cache"] = False
@@ -173,9 +187,24 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> NDArray
         last = (mask * positions).argmax(dim=1)
         pooled = values[torch.arange(values.shape[0], device=values.device), last]
     else:
-        weights = mask.to(values.dtype).unsqueeze(-1)
-        pooled = (values * weights).sum(dim=1) / weights.sum(dim=1)
+        real = mask.bool().unsqueeze(-1)
+        # where(), not a product: a NaN at a padded position must not leak into the mean
+        summed = torch.where(real, values, torch.zeros_like(values)).sum(dim=1)
+        pooled = summed / real.sum(dim=1).to(values.dtype)
     return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _derives_positions_from_padding(model: Any) -> bool:
+    """True for RoBERTa-style models, whose position embedding has a padding index: they count
+    positions from the input ids themselves (mask-aware), and explicit position ids numbered from
+    0 would be wrong for them."""
+    embeddings = getattr(model, "embeddings", None)
+    position_embeddings = getattr(embeddings, "position_embeddings", None)
+    return (
+        isinstance(position_embeddings, torch.nn.Embedding)
+        and position_embeddings.padding_idx is not None
+        and getattr(model.config, "pad_token_id", None) is not None
+    )
 
 
 def _pad_token_id(tokenizer: Any) -> int:

@@ -1,10 +1,12 @@
-"""Writing files so that a reader never sees half of one: temporary name, then rename."""
+"""File helpers: atomic writes (temporary name, then rename), and parsing that fails cleanly."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -23,3 +25,24 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def parse_json(raw: str | bytes) -> Any:
+    """`json.loads` whose every failure is a `ValueError`.
+
+    Besides malformed JSON (`json.JSONDecodeError`) and bad UTF-8 (`UnicodeDecodeError`), both
+    already `ValueError`s, hostile input can nest deeply enough to raise `RecursionError`.
+    """
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def split_lines(text: str) -> list[str]:
+    """Split on ``\\n`` only (dropping a ``\\r`` before it), unlike `str.splitlines`, which also
+    splits on U+2028, U+0085 and other characters that JSON and CSV leave inside a value."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]

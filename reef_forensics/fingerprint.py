@@ -16,8 +16,10 @@ only when complete, so a failure never leaves a half-written fingerprint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -31,6 +33,8 @@ from numpy.typing import NDArray
 
 from .digests import canonical_json, sha256_bytes, sha256_file, texts_digest
 from .errors import FingerprintError
+from .files import parse_json, split_lines
+from .probes import MIN_PROBES
 from .safetensors_file import Header, StreamWriter, read_header, read_tensor
 
 FORMAT = "reef-fingerprint"
@@ -95,7 +99,10 @@ class Fingerprint:
             raise FingerprintError(
                 f"{self.path}: no layer {name!r} (layers: {', '.join(self.layers)})"
             )
-        return read_tensor(self.path / REPRESENTATIONS, self._header.tensors[name])
+        values = read_tensor(self.path / REPRESENTATIONS, self._header.tensors[name])
+        if not np.isfinite(values).all():
+            raise FingerprintError(f"{self.path}: layer {name!r} holds NaN or infinite values")
+        return values
 
     def iter_layers(self) -> Iterator[tuple[str, NDArray[np.float32]]]:
         for name in self.layers:
@@ -130,7 +137,7 @@ def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     except Exception as exc:
         raise FingerprintError(str(exc)) from None
     layers = manifest["representations"]["layers"]
-    if [layer["name"] for layer in layers] != list(header.tensors):
+    if {layer["name"] for layer in layers} != set(header.tensors):  # the manifest sets the order
         raise FingerprintError(f"{folder}: the layers in {REPRESENTATIONS} differ from {MANIFEST}")
     for layer in layers:
         entry = header.tensors[layer["name"]]
@@ -145,8 +152,8 @@ def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
 def _read_manifest(path: Path) -> dict[str, Any]:
     raw = path.read_bytes()
     try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        manifest = parse_json(raw)
+    except ValueError:
         raise FingerprintError(f"{path} is not valid JSON") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FingerprintError(f"{path} is not a reef-forensics fingerprint manifest")
@@ -158,33 +165,59 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if canonical_json(manifest) != raw:
         raise FingerprintError(f"{path} is not in canonical form (edited by hand?)")
     try:
-        _check_manifest_shape(manifest)
-    except (KeyError, TypeError, AssertionError):
-        raise FingerprintError(
-            f"{path} lacks required fields or has fields of the wrong type"
-        ) from None
+        problem = _manifest_problem(manifest)
+    except (KeyError, TypeError):
+        problem = "lacks required fields or has fields of the wrong type"
+    if problem:
+        raise FingerprintError(f"{path} {problem}")
     return manifest
 
 
-def _check_manifest_shape(manifest: dict[str, Any]) -> None:
-    assert isinstance(manifest["model"]["digest"], str)
-    assert isinstance(manifest["probes"]["digest"], str)
-    assert isinstance(manifest["probes"]["count"], int)
-    assert isinstance(manifest["extraction"]["pooling"], str)
-    assert isinstance(manifest["files"], dict)
+_LAYER_NAME = re.compile(r"embeddings|block_[1-9][0-9]*")
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's fields, or None (KeyError/TypeError for missing ones)."""
+    strings = (
+        manifest["model"]["digest"],
+        manifest["model"]["name"],
+        manifest["model"]["kind"],
+        manifest["probes"]["digest"],
+        manifest["extraction"]["pooling"],
+    )
+    if not all(isinstance(value, str) for value in strings) or not isinstance(
+        manifest["files"], dict
+    ):
+        return "lacks required fields or has fields of the wrong type"
+    count = manifest["probes"]["count"]
+    if not isinstance(count, int) or count < MIN_PROBES:
+        return f"records {count!r} probe texts; a fingerprint holds at least {MIN_PROBES}"
     layers = manifest["representations"]["layers"]
-    assert isinstance(layers, list) and layers
-    for layer in layers:
-        assert isinstance(layer["name"], str) and isinstance(layer["dim"], int)
+    if not isinstance(layers, list) or not layers:
+        return "lists no layers"
+    names = [layer["name"] for layer in layers]
+    if not all(isinstance(n, str) and _LAYER_NAME.fullmatch(n) for n in names) or len(
+        set(names)
+    ) != len(names):
+        return "has layer names other than unique 'embeddings' and 'block_N'"
+    if not all(isinstance(layer["dim"], int) and layer["dim"] >= 1 for layer in layers):
+        return "has a layer width that is not a positive integer"
+    return None
 
 
 def _read_texts(path: Path) -> list[str]:
     texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = split_lines(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise FingerprintError(f"{path} is not UTF-8 text") from None
+    for number, line in enumerate(lines, start=1):
         try:
-            row = json.loads(line)
+            row = parse_json(line)
+            if not isinstance(row["text"], str):
+                raise TypeError
             texts.append(row["text"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             raise FingerprintError(f'{path}:{number}: not a {{"text": ...}} line') from None
     return texts
 
@@ -263,8 +296,9 @@ class FingerprintWriter:
             },
         }
         (self.staging / MANIFEST).write_bytes(canonical_json(full))
+        finished = read_fingerprint(self.staging)  # never put in place what cannot be read back
         replace_directory(self.staging, self.out)
-        return read_fingerprint(self.out)
+        return dataclasses.replace(finished, path=self.out)
 
 
 def check_destination(out: Path, *, overwrite: bool) -> None:
@@ -273,16 +307,26 @@ def check_destination(out: Path, *, overwrite: bool) -> None:
         return
     if not overwrite:
         raise FingerprintError(f"{out} already exists (pass --overwrite to replace it)")
-    if out.is_file() or (any(out.iterdir()) and not (out / MANIFEST).is_file()):
-        raise FingerprintError(f"{out} exists and is not a fingerprint: refusing to replace it")
+    entries = [] if out.is_file() else list(out.iterdir())
+    replaceable = not out.is_file() and (
+        not entries or ((out / MANIFEST).is_file() and all(e.is_file() for e in entries))
+    )
+    if not replaceable:
+        raise FingerprintError(
+            f"{out} exists and is not a fingerprint directory: refusing to replace it"
+        )
 
 
 def replace_directory(staging: Path, out: Path) -> None:
     """Move a finished staging directory to ``out``, replacing an old one only at the end."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
+    if not out.exists():
         staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    out.rename(old)
+    try:
         staging.rename(out)
+    except OSError:
+        old.rename(out)  # put the previous fingerprint back
+        raise
+    shutil.rmtree(old, ignore_errors=True)

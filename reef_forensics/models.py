@@ -13,7 +13,6 @@ those is refused unless ``allow_pickle``; a config that needs code from the mode
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +20,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .digests import sha256_file, sha256_json
 from .errors import BadInputError, ModelLoadError, first_line
+from .files import parse_json
 from .safetensors_file import read_header
 
 if TYPE_CHECKING:
     import torch
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-#: Files besides the weights that decide what the model computes or how text is tokenized.
-DIGESTED_NAMES = frozenset(
+#: Tokenizer files transformers reads from a model's folder (for a GGUF file too: a
+#: tokenizer.json beside it takes precedence over the tokenizer inside it).
+TOKENIZER_NAMES = frozenset(
     {
-        "config.json",
         "tokenizer.json",
         "tokenizer_config.json",
         "special_tokens_map.json",
@@ -41,12 +41,24 @@ DIGESTED_NAMES = frozenset(
         "tokenizer.model",
         "spiece.model",
         "sentencepiece.bpe.model",
-        "model.safetensors.index.json",
-        "pytorch_model.bin.index.json",
+        "spm.model",
+        "bpe.codes",
     }
 )
+#: Files besides the weights that decide what the model computes or how text is tokenized.
+DIGESTED_NAMES = TOKENIZER_NAMES | {
+    "config.json",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+}
+#: Also digested: tiktoken vocabularies, and Python files (code that --trust-remote-code runs).
+DIGESTED_SUFFIXES = (".tiktoken", ".py")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ModelKind = Literal["hf-directory", "gguf"]
+
+
+def _is_digested(name: str) -> bool:
+    return name in DIGESTED_NAMES or name.endswith(DIGESTED_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -79,8 +91,9 @@ class ModelSource:
 
     def digest_files(self) -> list[Path]:
         if self.kind == "gguf":
-            return [self.path]
-        others = [p for p in self.path.iterdir() if p.is_file() and p.name in DIGESTED_NAMES]
+            beside = [p for p in self.folder.iterdir() if p.is_file() and p.name in TOKENIZER_NAMES]
+            return sorted({self.path, *beside}, key=lambda p: p.name)
+        others = [p for p in self.path.iterdir() if p.is_file() and _is_digested(p.name)]
         return sorted({*self.weight_files, *others}, key=lambda p: p.name)
 
 
@@ -157,8 +170,8 @@ def _gguf_source(path: Path) -> ModelSource:
 
 def _read_config(config_path: Path) -> dict[str, Any]:
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        config = parse_json(config_path.read_bytes())
+    except ValueError as exc:
         raise ModelLoadError(f"{config_path} is not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise ModelLoadError(f"{config_path} is not a JSON object")
@@ -186,9 +199,9 @@ def _check_shards(folder: Path, present: list[Path]) -> None:
     if not index_path.is_file():
         return
     try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
+        index = parse_json(index_path.read_bytes())
         needed = set(index["weight_map"].values())
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise ModelLoadError(f"{index_path} is not a valid shard index") from None
     missing = sorted(needed - {p.name for p in present})
     if missing:

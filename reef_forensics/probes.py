@@ -16,6 +16,7 @@ they came from. Sources (a *spec*):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .digests import texts_digest
-from .errors import ProbeSetError
+from .errors import ProbeSetError, first_line
+from .files import parse_json, split_lines
 
 #: The fewest texts a probe set may hold: CKA over fewer samples means little.
 MIN_PROBES = 10
@@ -84,7 +86,7 @@ def builtin_kinds(name: str = "default") -> list[str]:
 
 def _builtin_rows() -> list[dict[str, str]]:
     data = resources.files("reef_forensics").joinpath("data", "default_probes.jsonl")
-    return [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line]
+    return [json.loads(line) for line in split_lines(data.read_text(encoding="utf-8"))]
 
 
 def _builtin(name: str) -> list[str]:
@@ -119,7 +121,7 @@ def _from_file(path: Path, column: str | None) -> list[str]:
         raise ProbeSetError(f"cannot read {path}: {exc.strerror or exc}") from None
     raw = raw.removeprefix("\ufeff")
     if suffix == ".txt":
-        return [line for line in raw.splitlines() if line.strip()]
+        return [line for line in split_lines(raw) if line.strip()]
     if suffix == ".jsonl":
         return _jsonl_texts(path, raw, column or "text")
     return _csv_texts(path, raw, column or "text")
@@ -127,13 +129,13 @@ def _from_file(path: Path, column: str | None) -> list[str]:
 
 def _jsonl_texts(path: Path, raw: str, field: str) -> list[str]:
     texts = []
-    for number, line in enumerate(raw.splitlines(), start=1):
+    for number, line in enumerate(split_lines(raw), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ProbeSetError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            row = parse_json(line)
+        except ValueError as exc:
+            raise ProbeSetError(f"{path}:{number}: not valid JSON ({exc})") from None
         if not isinstance(row, dict) or field not in row:
             raise ProbeSetError(f"{path}:{number}: expected an object with a {field!r} field")
         texts.append(_check_text(row[field], f"{path}:{number}"))
@@ -141,7 +143,7 @@ def _jsonl_texts(path: Path, raw: str, field: str) -> list[str]:
 
 
 def _csv_texts(path: Path, raw: str, field: str) -> list[str]:
-    reader = csv.DictReader(raw.splitlines())
+    reader = csv.DictReader(io.StringIO(raw, newline=""))
     if reader.fieldnames is None or field not in reader.fieldnames:
         found = ", ".join(reader.fieldnames or []) or "none"
         raise ProbeSetError(f"{path}: no column {field!r} in the header (columns: {found})")
@@ -155,23 +157,23 @@ def _csv_texts(path: Path, raw: str, field: str) -> list[str]:
 
 
 def _huggingface(location: str, split: str, field: str) -> list[str]:
+    # Read at import time by datasets and huggingface_hub: set before the import.
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         import datasets
     except ImportError:
         raise ProbeSetError(
             "hf: probe sets need the 'datasets' package: pip install 'reef-forensics[datasets]'"
         ) from None
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         if Path(location).is_dir():
             loaded: Any = datasets.load_from_disk(location)
         else:
             loaded = datasets.load_dataset(location, split=split)
     except Exception as exc:  # datasets raises many types; the user needs the first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ProbeSetError(
-            f"cannot load Hugging Face dataset {location!r} offline: {first}"
+            f"cannot load Hugging Face dataset {location!r} offline: {first_line(exc)}"
         ) from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import BadInputError
+from .files import parse_json
 
 #: safetensors dtype name -> (numpy dtype or None when numpy has no such type, item size)
 DTYPES: dict[str, tuple[str | None, int]] = {
@@ -77,8 +78,8 @@ def read_header(path: Path) -> Header:
     except OSError as exc:
         raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = parse_json(raw)
+    except ValueError:
         raise _bad(path, "header is not valid JSON") from None
     if not isinstance(header, dict):
         raise _bad(path, "header is not a JSON object")

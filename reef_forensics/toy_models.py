@@ -2,7 +2,7 @@
 
 No model hub is reachable here, so every model the test suite and the quick start use is made
 by these functions: a tokenizer trained in a second on the probe texts, and a small random-init
-decoder (Llama-style or GPT-2-style) or encoder (BERT-style), saved as a normal Hugging Face
+decoder (Llama-style or GPT-2-style) or encoder (BERT-style or RoBERTa-style), saved as a normal Hugging Face
 folder with safetensors weights. `derive` makes weight-space derivatives of a saved model.
 """
 
@@ -15,14 +15,14 @@ from typing import Any, Literal
 
 import torch
 
-Family = Literal["llama", "gpt2", "bert"]
-FAMILIES: tuple[Family, ...] = ("llama", "gpt2", "bert")
+Family = Literal["llama", "gpt2", "bert", "roberta"]
+FAMILIES: tuple[Family, ...] = ("llama", "gpt2", "bert", "roberta")
 
 
 def train_tokenizer(
     texts: Sequence[str], *, family: Family = "llama", vocab_size: int = 512
 ) -> Any:
-    """A fast tokenizer trained on ``texts``: byte-level BPE for decoders, WordPiece for BERT."""
+    """A fast tokenizer trained on ``texts``: WordPiece for BERT, byte-level BPE for the others."""
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -69,7 +69,22 @@ def train_tokenizer(
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         ),
     )
-    bos_id = tok.token_to_id("<s>")
+    bos_id, eos_id = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    if family == "roberta":
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>",
+            pair="<s> $A </s> </s> $B </s>",
+            special_tokens=[("<s>", bos_id), ("</s>", eos_id)],
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+            cls_token="<s>",
+            sep_token="</s>",
+        )
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
     )
@@ -100,6 +115,8 @@ def build_model(
         GPT2LMHeadModel,
         LlamaConfig,
         LlamaForCausalLM,
+        RobertaConfig,
+        RobertaModel,
     )
 
     torch.manual_seed(seed)
@@ -140,6 +157,19 @@ def build_model(
             pad_token_id=0,
         )
         return BertModel(bert).eval()
+    if family == "roberta":
+        roberta = RobertaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 2,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            max_position_embeddings=max_positions + 2,  # positions start after the pad index
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+        return RobertaModel(roberta).eval()
     raise ValueError(f"unknown family {family!r}: expected one of {FAMILIES}")
 
 

@@ -25,13 +25,15 @@ def small_probes(probes: ProbeSet) -> ProbeSet:
 
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory: pytest.TempPathFactory, probes: ProbeSet) -> dict[str, Path]:
-    """victim, a derivative of it, an unrelated model of the same family, GPT-2, BERT, a GGUF."""
+    """victim, a derivative of it, an unrelated model of the same family, GPT-2, BERT, RoBERTa,
+    and the victim as a GGUF file."""
     root = tmp_path_factory.mktemp("zoo")
     models = {
         "victim": make_model(root / "victim", probes.texts, family="llama", seed=0),
         "unrelated": make_model(root / "unrelated", probes.texts, family="llama", seed=7),
         "gpt2": make_model(root / "gpt2", probes.texts, family="gpt2", seed=0),
         "bert": make_model(root / "bert", probes.texts, family="bert", seed=0),
+        "roberta": make_model(root / "roberta", probes.texts, family="roberta", seed=0),
     }
     models["derived"] = derive(models["victim"], root / "derived", noise=0.1, prune=0.3)
     gguf_dir = root / "victim-gguf"

@@ -188,6 +188,50 @@ def test_sample_size_curve_equals_cka_of_each_prefix(method: C.CkaMethod) -> Non
         assert value == pytest.approx(direct, abs=1e-10)
 
 
+@pytest.mark.parametrize("estimator", C.ESTIMATORS)
+@pytest.mark.parametrize("sizes", [[10, 20], [12], [20, 10, 20], [95, 4, 50]])
+def test_curve_is_right_for_any_sizes_unsorted_repeated_or_short_of_the_total(
+    estimator: str, sizes: list[int]
+) -> None:
+    x, y = related_pair(13, n=95)
+    method = C.CkaMethod(estimator=estimator)  # type: ignore[arg-type]
+    k, l = C.gram(x, method), C.gram(y, method)  # noqa: E741
+    curve = C.cka_curve(k, l, sizes, method.estimator)
+    expected = [
+        C.cka_from_centered(
+            C.center_gram(k[:n, :n], estimator), C.center_gram(l[:n, :n], estimator)
+        )  # type: ignore[arg-type]
+        for n in sizes
+    ]
+    np.testing.assert_allclose(curve, expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0, 1000.0])
+@pytest.mark.parametrize("estimator", C.ESTIMATORS)
+def test_curve_keeps_its_precision_when_the_gram_matrix_is_nearly_constant(
+    scale: float, estimator: str
+) -> None:
+    """A wide RBF bandwidth makes every kernel entry close to 1: running sums must not cancel."""
+    x, y = related_pair(14, n=300)
+    method = C.CkaMethod(kernel="rbf", estimator=estimator, rbf_scale=scale)  # type: ignore[arg-type]
+    k, l = C.gram(x, method), C.gram(y, method)  # noqa: E741
+    sizes = [10, 100, 300]
+    curve = C.cka_curve(k, l, sizes, method.estimator)
+    for n, value in zip(sizes, curve, strict=True):
+        direct = C.cka_from_centered(
+            C.center_gram(k[:n, :n], method.estimator), C.center_gram(l[:n, :n], method.estimator)
+        )
+        assert value == pytest.approx(direct, abs=1e-8)
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0])
+def test_rbf_scale_agrees_with_textbook(scale: float) -> None:
+    x, y = related_pair(15)
+    for estimator in C.ESTIMATORS:
+        method = C.CkaMethod(kernel="rbf", estimator=estimator, rbf_scale=scale)
+        assert C.cka(x, y, method) == pytest.approx(textbook_cka(x, y, method), abs=1e-10)
+
+
 def test_linear_curve_equals_recomputing_from_features_at_each_size() -> None:
     x, y = related_pair(12, n=60)
     method = C.CkaMethod()

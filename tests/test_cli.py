@@ -329,7 +329,18 @@ def _damaged(tmp: Path, src: Path, how: str) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(
+            c,
+            marks=pytest.mark.skipif(
+                c == "no-cuda" and torch.cuda.is_available(), reason="a GPU is present"
+            ),
+        )
+        for c in sorted(BAD_INPUTS)
+    ],
+)
 def test_bad_input_gives_one_line_exit_2_and_no_partial_output(
     capsys: pytest.CaptureFixture[str],
     zoo: dict[str, Path],

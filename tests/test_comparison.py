@@ -130,3 +130,11 @@ def test_comparison_reads_a_copy_the_same_as_the_original(
     original = compare_fingerprints(victim, read_fingerprint(fingerprints["derived"]))
     copied = compare_fingerprints(victim, read_fingerprint(copy))
     np.testing.assert_array_equal(original.matrix, copied.matrix)
+
+
+def test_comparisons_too_big_for_memory_are_refused_up_front() -> None:
+    from reef_forensics.comparison import _check_memory
+
+    _check_memory(66, 620)  # a 33-layer model pair on the built-in set: about 200 MB
+    with pytest.raises(ComparisonError, match="GiB for 160 Gram matrices of 200000 x 200000"):
+        _check_memory(160, 200_000)

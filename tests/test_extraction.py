@@ -30,7 +30,7 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("family", ["victim", "gpt2", "bert"])
+@pytest.mark.parametrize("family", ["victim", "gpt2", "bert", "roberta"])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_batched_extraction_equals_one_text_at_a_time(
@@ -46,19 +46,27 @@ def test_batched_extraction_equals_one_text_at_a_time(
         assert relative_error(many, one) < 1e-4
 
 
-def test_last_token_pooling_reads_the_last_real_token(
-    zoo: dict[str, Path], small_probes: ProbeSet
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_pooling_reads_the_real_tokens_of_padded_rows(
+    zoo: dict[str, Path], small_probes: ProbeSet, padding_side: str
 ) -> None:
     loaded = load_model(resolve_model(zoo["victim"]))
-    text = small_probes.texts[0]
-    ids = torch.tensor([loaded.tokenizer(text).input_ids])
-    with torch.inference_mode():
-        hidden = loaded.model(input_ids=ids, output_hidden_states=True).hidden_states
-    pooled = extract(loaded, [text] * 3, pooling="last", batch_size=3)
-    mean = extract(loaded, [text] * 3, pooling="mean", batch_size=3)
-    for layer, (p, m) in enumerate(zip(pooled, mean, strict=True)):
-        np.testing.assert_allclose(p[0], hidden[layer][0, -1].numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(m[0], hidden[layer][0].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    texts = sorted(
+        small_probes.texts[:4], key=len
+    )  # different lengths: every row but one is padded
+    last = extract(loaded, texts, pooling="last", batch_size=4, padding_side=padding_side)
+    mean = extract(loaded, texts, pooling="mean", batch_size=4, padding_side=padding_side)
+    for row, text in enumerate(texts):
+        ids = torch.tensor([loaded.tokenizer(text).input_ids])
+        with torch.inference_mode():
+            hidden = loaded.model(input_ids=ids, output_hidden_states=True).hidden_states
+        for layer in range(len(hidden)):
+            np.testing.assert_allclose(
+                last[layer][row], hidden[layer][0, -1].numpy(), rtol=1e-4, atol=1e-5
+            )
+            np.testing.assert_allclose(
+                mean[layer][row], hidden[layer][0].mean(0).numpy(), rtol=1e-4, atol=1e-5
+            )
 
 
 def test_batches_are_sorted_by_length_longest_first() -> None:
@@ -74,6 +82,14 @@ def test_truncation_keeps_the_closing_special_token(
     sep = loaded.tokenizer.sep_token_id
     assert tokens.truncated > 0
     assert all(len(ids) <= 6 and ids[-1] == sep for ids in tokens.input_ids)
+
+
+def test_max_length_that_leaves_no_real_token_is_refused(
+    zoo: dict[str, Path], small_probes: ProbeSet
+) -> None:
+    loaded = load_model(resolve_model(zoo["bert"]))
+    with pytest.raises(ExtractionError, match="--max-length 2 leaves probe text 1 no real token"):
+        tokenize_probes(loaded.tokenizer, small_probes.texts, max_length=2)
 
 
 def test_text_that_tokenizes_to_nothing_is_refused(zoo: dict[str, Path]) -> None:

@@ -68,6 +68,21 @@ def test_gguf_model_fingerprints_like_its_safetensors_original(
         assert np.abs(a - b).max() / np.abs(b).max() < 1e-4
 
 
+def test_tokenizer_files_beside_a_gguf_count_in_its_digest(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    from reef_forensics import model_digest, resolve_model
+
+    folder = tmp_path / "gguf"
+    folder.mkdir()
+    shutil.copy(zoo["gguf"], folder)
+    alone = model_digest(resolve_model(folder))
+    shutil.copy(zoo["victim"] / "tokenizer.json", folder)  # transformers would use this one
+    beside = model_digest(resolve_model(folder))
+    assert [f.path for f in beside.files] == ["tokenizer.json", "victim.gguf"]
+    assert beside.digest != alone.digest
+
+
 def test_folder_holding_one_gguf_file_is_accepted(
     zoo: dict[str, Path], small_probes: ProbeSet, tmp_path: Path
 ) -> None:
@@ -205,3 +220,97 @@ def test_reduced_precision_compute_is_stored_as_float32_and_stays_close(
         low, high = half.layer(name), full.layer(name)
         assert low.dtype == np.float32
         assert np.abs(low - high).max() / np.abs(high).max() < 0.05
+
+
+def test_texts_with_unicode_line_separators_round_trip(
+    zoo: dict[str, Path], small_probes: ProbeSet, tmp_path: Path
+) -> None:
+    texts = (
+        *small_probes.texts[:12],
+        "one\u2028two",
+        "three\u2029four",
+        "five\x85six",
+        "tab\there\r",
+    )
+    fp = fingerprint_model(zoo["victim"], tmp_path / "fp", probes=ProbeSet("odd", texts))
+    assert read_fingerprint(tmp_path / "fp").texts == texts == fp.texts
+
+
+def rewrite_manifest(folder: Path, change) -> None:  # type: ignore[no-untyped-def]
+    manifest = json.loads((folder / MANIFEST).read_text())
+    change(manifest)
+    (folder / MANIFEST).write_bytes(canonical_json(manifest))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda m: m["representations"]["layers"][1].update(name="layer_x"),
+            "layer names other than",
+        ),
+        (
+            lambda m: m["representations"]["layers"][2].update(name="block_1"),
+            "layer names other than",
+        ),
+        (lambda m: m["representations"]["layers"][0].update(dim=0), "not a positive integer"),
+        (lambda m: m["representations"]["layers"][0].update(dim=63), r"expected F32 \[620, 63\]"),
+        (lambda m: m["probes"].update(count=3), "at least 10"),
+        (lambda m: m["model"].pop("name"), "lacks required fields"),
+        (lambda m: m["model"].update(kind=7), "wrong type"),
+    ],
+)
+def test_consistent_but_malformed_manifests_are_refused(
+    fingerprints: dict[str, Path],
+    tmp_path: Path,
+    change,
+    message: str,  # type: ignore[no-untyped-def]
+) -> None:
+    fp = copy_fingerprint(fingerprints["victim"], tmp_path / "fp")
+    rewrite_manifest(fp, change)
+    with pytest.raises(FingerprintError, match=message):
+        read_fingerprint(fp)
+
+
+@pytest.mark.parametrize(
+    "payload", ["[" * 100_000 + "]" * 100_000, '{"format": ' + "9" * 5000 + "}"]
+)
+def test_hostile_json_manifest_is_a_clean_error(
+    fingerprints: dict[str, Path], tmp_path: Path, payload: str
+) -> None:
+    fp = copy_fingerprint(fingerprints["victim"], tmp_path / "fp")
+    (fp / MANIFEST).write_text(payload)
+    with pytest.raises(FingerprintError, match="not valid JSON"):
+        read_fingerprint(fp)
+
+
+def test_stored_nan_is_refused_when_read(fingerprints: dict[str, Path], tmp_path: Path) -> None:
+    """A fingerprint made by someone else, consistent with its manifest, but holding NaN."""
+    from safetensors.numpy import save_file
+
+    from reef_forensics import compare_fingerprints
+
+    fp = copy_fingerprint(fingerprints["victim"], tmp_path / "fp")
+    tensors = load_file(fp / REPRESENTATIONS)
+    tensors["block_2"][5, 3] = np.nan
+    save_file(
+        {name: tensors[name] for name in read_fingerprint(fingerprints["victim"]).layers},
+        fp / REPRESENTATIONS,
+    )
+    rewrite_manifest(
+        fp, lambda m: m["files"].update({REPRESENTATIONS: sha256_file(fp / REPRESENTATIONS)})
+    )
+    victim = read_fingerprint(fp)
+    with pytest.raises(FingerprintError, match="'block_2' holds NaN"):
+        compare_fingerprints(victim, victim)
+
+
+def test_overwrite_never_removes_a_directory_holding_more_than_files(
+    zoo: dict[str, Path], small_probes: ProbeSet, tmp_path: Path
+) -> None:
+    out = tmp_path / "fp"
+    fingerprint_model(zoo["victim"], out, probes=small_probes)
+    (out / "user-data").mkdir()
+    with pytest.raises(FingerprintError, match="not a fingerprint directory"):
+        fingerprint_model(zoo["victim"], out, probes=small_probes, overwrite=True)
+    assert (out / "user-data").is_dir()

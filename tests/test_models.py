@@ -39,6 +39,9 @@ def test_model_digest_is_stable_and_covers_weights_config_and_tokenizer(
     assert names == sorted(names)
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(names)
     assert "generation_config.json" not in names
+    copy_code = copy_model(zoo["victim"], tmp_path / "with-code")
+    (copy_code / "modeling_custom.py").write_text("# code that --trust-remote-code would run\n")
+    assert "modeling_custom.py" in [f.path for f in model_digest(resolve_model(copy_code)).files]
     copy = copy_model(zoo["victim"], tmp_path / "copy")
     assert (
         model_digest(resolve_model(copy)).digest == first.digest
@@ -85,12 +88,34 @@ def test_pickle_only_checkpoint_is_refused_unless_allowed(
     assert load_model(source).model.config.num_hidden_layers == 4
 
 
-def test_pickle_beside_safetensors_is_never_loaded(zoo: dict[str, Path], tmp_path: Path) -> None:
-    folder = copy_model(zoo["victim"], tmp_path / "both")
-    (folder / "pytorch_model.bin").write_bytes(b"not even a pickle")
-    source = resolve_model(folder)
+class Canary:
+    """Unpickling this writes a file: proof that a pickle was executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.write_text, (self.marker, "pickle code ran"))
+
+
+def test_a_malicious_pickle_is_never_executed(zoo: dict[str, Path], tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(Canary(marker))
+    pickle_only = copy_model(zoo["victim"], tmp_path / "pickle-only")
+    (pickle_only / "model.safetensors").unlink()
+    (pickle_only / "pytorch_model.bin").write_bytes(payload)
+    with pytest.raises(ModelLoadError, match="--allow-pickle"):
+        resolve_model(pickle_only)
+    beside = copy_model(zoo["victim"], tmp_path / "beside")
+    (beside / "pytorch_model.bin").write_bytes(payload)
+    source = resolve_model(beside)
     assert not source.uses_pickle
-    load_model(source)  # would fail if the .bin were read
+    load_model(source)  # loads the safetensors weights; the .bin is never opened
+    assert not marker.exists()
+    pickle.loads(payload)  # the canary works: unpickling it does write the marker
+    assert marker.exists()
 
 
 def test_remote_code_is_refused_unless_trusted(zoo: dict[str, Path], tmp_path: Path) -> None:
@@ -120,6 +145,7 @@ def test_known_architecture_with_auto_map_loads_the_builtin_class(
         ("header-garbage", "header is not valid JSON"),
         ("huge-header", "declares a .*-byte header"),
         ("tiny", "shorter than the 8-byte header length"),
+        ("deep-header", "header is not valid JSON"),
     ],
 )
 def test_corrupt_safetensors_is_refused_before_loading(
@@ -132,6 +158,9 @@ def test_corrupt_safetensors_is_refused_before_loading(
         weights.write_bytes(data[: len(data) // 2])
     elif damage == "header-garbage":
         weights.write_bytes(data[:8] + b"\xff" * 16 + data[24:])
+    elif damage == "deep-header":
+        header = b"[" * 50_000 + b"]" * 50_000
+        weights.write_bytes(struct.pack("<Q", len(header)) + header)
     elif damage == "huge-header":
         weights.write_bytes(struct.pack("<Q", 1 << 40) + data[8:])
     else:
@@ -167,6 +196,7 @@ def test_overlapping_or_oversized_tensor_declarations_are_refused(tmp_path: Path
         ("no-weights", "has no weight files"),
         ("bad-config", "config.json is not valid JSON"),
         ("fake-gguf", "not a GGUF file"),
+        ("deep-config", "config.json is not valid JSON"),
     ],
 )
 def test_paths_that_are_not_models_are_refused(
@@ -184,6 +214,9 @@ def test_paths_that_are_not_models_are_refused(
     elif setup == "bad-config":
         copy_model(zoo["victim"], target)
         (target / "config.json").write_text("{not json")
+    elif setup == "deep-config":
+        copy_model(zoo["victim"], target)
+        (target / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     elif setup == "fake-gguf":
         target = tmp_path / "model.gguf"
         target.write_bytes(b"NOPE" + b"\0" * 64)

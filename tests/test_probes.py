@@ -65,6 +65,20 @@ def test_jsonl_texts_may_hold_newlines_and_unicode(tmp_path: Path) -> None:
     assert load_probes(tmp_path / "p.jsonl").texts == tuple(texts)
 
 
+def test_csv_quoted_newlines_and_unicode_separators_are_kept(tmp_path: Path) -> None:
+    texts = [f'row {i} says "hi"\nand more' for i in range(MIN_PROBES)]
+    rows = "".join('"' + t.replace('"', '""') + '"\n' for t in texts)
+    (tmp_path / "p.csv").write_text("text\n" + rows, newline="")
+    assert load_probes(tmp_path / "p.csv").texts == tuple(texts)
+    odd = [f"a\u2028b {i}\x85c" for i in range(MIN_PROBES)]
+    (tmp_path / "p.jsonl").write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in odd)
+    )
+    (tmp_path / "p.txt").write_text("\r\n".join(odd), newline="")
+    assert load_probes(tmp_path / "p.jsonl").texts == tuple(odd)
+    assert load_probes(tmp_path / "p.txt").texts == tuple(odd)
+
+
 def test_local_huggingface_dataset_loads_offline(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     datasets.DatasetDict(
@@ -96,6 +110,8 @@ def test_local_huggingface_dataset_loads_offline(tmp_path: Path) -> None:
         ("emptytext.jsonl", '{"text": "  "}\n', "empty text"),
         ("nocol.csv", "a,b\n1,2\n", r"no column 'text' in the header \(columns: a, b\)"),
         ("data.parquet", "x", "unsupported probe file type .parquet"),
+        ("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n", "deep.jsonl:1: not valid JSON"),
+        ("bigint.jsonl", '{"text": ' + "7" * 5000 + "}\n", "bigint.jsonl:1: not valid JSON"),
     ],
 )
 def test_bad_probe_files_give_one_clear_error(
