@@ -232,11 +232,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
 
 def _fingerprint_summary(fingerprint: Fingerprint) -> dict[str, Any]:
     return {
-        "path": str(fingerprint.path),
-        "digest": fingerprint.digest,
-        "model_name": fingerprint.model_name,
-        "model_digest": fingerprint.model_digest,
-        "probes_digest": fingerprint.probes_digest,
+        **fingerprint.describe(),
         "num_samples": fingerprint.num_samples,
         "pooling": fingerprint.pooling,
         "layers": fingerprint.layers,

@@ -164,7 +164,7 @@ def compare_fingerprints(
         curve_scores=curve,
         probes_digest=a.probes_digest,
         num_samples=a.num_samples,
-        fingerprints={"a": _describe(a), "b": _describe(b)},
+        fingerprints={"a": a.describe(), "b": b.describe()},
         forced=a.probes_digest != b.probes_digest,
     )
 
@@ -221,16 +221,6 @@ def _aligned(layers_a: list[str], layers_b: list[str]) -> list[str]:
         nearest = min(range(len(layers_b)), key=lambda j: abs(depths_b[j] - depth_a))
         aligned.append(layers_b[nearest])
     return aligned
-
-
-def _describe(fingerprint: Fingerprint) -> dict[str, str]:
-    return {
-        "path": str(fingerprint.path),
-        "digest": fingerprint.digest,
-        "model_name": fingerprint.model_name,
-        "model_digest": fingerprint.model_digest,
-        "probes_digest": fingerprint.probes_digest,
-    }
 
 
 def _json_float(value: float) -> float | None:

@@ -93,6 +93,16 @@ class Fingerprint:
     def pooling(self) -> str:
         return str(self.manifest["extraction"]["pooling"])
 
+    def describe(self) -> dict[str, str]:
+        """Who this fingerprint is: its path and the digests that identify it."""
+        return {
+            "path": str(self.path),
+            "digest": self.digest,
+            "model_name": self.model_name,
+            "model_digest": self.model_digest,
+            "probes_digest": self.probes_digest,
+        }
+
     def layer(self, name: str) -> NDArray[np.float32]:
         """One layer's representations, n x d float32, rows in probe order."""
         if name not in self._header.tensors:
