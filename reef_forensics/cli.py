@@ -13,15 +13,30 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .cka import CkaMethod
 from .comparison import Comparison, compare_fingerprints
 from .errors import BadInputError, ReefError
+from .evidence import sign_evidence, verify_evidence
 from .files import write_atomic
 from .fingerprint import Fingerprint, read_fingerprint
+from .keys import (
+    PASSPHRASE_ENV,
+    Signer,
+    describe_key_file,
+    generate_keys,
+    key_fingerprint,
+    load_certificates,
+    load_public_key,
+    load_signer,
+    loose_permissions,
+    read_passphrase,
+)
 from .probes import DEFAULT_SPEC, ProbeSet, load_probes
+from .signing import SIGNATURE_NAME, TrustPolicy
 
 PROG = "reef-forensics"
 
@@ -109,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument(
         "--overwrite", action="store_true", help="replace an existing fingerprint at --out"
     )
+    _add_signing_options(fp, required=False)
     _add_output_options(fp)
     fp.set_defaults(handler=_cmd_fingerprint)
 
@@ -159,7 +175,108 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", metavar="FILE", help="write the summary as JSON to FILE ('-' for stdout)"
     )
     probes.set_defaults(handler=_cmd_probes)
+    keys = commands.add_parser(
+        "keys",
+        help="generate or inspect signing keys",
+        description="Signing keys are ECDSA P-256. Passphrases come from the REEF_KEY_PASSPHRASE "
+        "environment variable or --passphrase-file, never from the command line.",
+    )
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    generate = key_commands.add_parser(
+        "generate",
+        help="write a new key pair, a development CA and a signer certificate",
+        description="Write signing-key.pem (encrypted PKCS#8, mode 0600), signing-key.pub.pem, "
+        "and for development and tests a CA (ca-key.pem, ca-cert.pem) and signer-cert.pem.",
+    )
+    generate.add_argument("--out", required=True, metavar="DIR", help="directory for the key files")
+    generate.add_argument("--passphrase-file", metavar="FILE", help="read the passphrase from FILE")
+    generate.add_argument(
+        "--name", default="reef-forensics signer", help="the certificate's common name"
+    )
+    generate.add_argument(
+        "--email", default="signer@reef-forensics.invalid", help="the certificate's e-mail"
+    )
+    generate.add_argument(
+        "--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)"
+    )
+    generate.set_defaults(handler=_cmd_keys_generate)
+    show = key_commands.add_parser(
+        "show",
+        help="print a key's fingerprint (sha256 of its SubjectPublicKeyInfo)",
+        description="Print the fingerprint of a public key, certificate, private key or PKCS#12 file.",
+    )
+    show.add_argument("path", metavar="PATH", help="key, certificate or PKCS#12 file")
+    show.add_argument("--passphrase-file", metavar="FILE", help="passphrase of an encrypted key")
+    show.add_argument(
+        "--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)"
+    )
+    show.set_defaults(handler=_cmd_keys_show)
+
+    sign = commands.add_parser(
+        "sign",
+        help="sign an evidence directory (a fingerprint)",
+        description=f"Sign every file of DIR into DIR/{SIGNATURE_NAME} (OpenSSF model-signing "
+        "bundle: DSSE over an in-toto statement listing each file's sha256).",
+    )
+    sign.add_argument("directory", metavar="DIR", help="the directory to sign")
+    _add_signing_options(sign, required=True)
+    sign.add_argument(
+        "--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)"
+    )
+    sign.set_defaults(handler=_cmd_sign)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check a signed evidence directory",
+        description="Check the signature, every file's digest, that no file is missing or added, "
+        "and the fingerprint's internal consistency. Exit 0 when valid, 1 when not, 2 for bad input.",
+    )
+    verify.add_argument("path", metavar="PATH", help="signed directory")
+    trust = verify.add_mutually_exclusive_group(required=True)
+    trust.add_argument("--key", metavar="PUB", help="the signer's public key (or certificate)")
+    trust.add_argument(
+        "--trust", metavar="CA_CERT", help="CA certificate(s) the signer's chain must reach"
+    )
+    verify.add_argument(
+        "--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)"
+    )
+    verify.set_defaults(handler=_cmd_verify)
     return parser
+
+
+def _add_signing_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument(
+        "--key",
+        required=required,
+        metavar="KEY",
+        help="sign with this private key (PEM or PKCS#12; ECDSA P-256)",
+    )
+    parser.add_argument(
+        "--cert", metavar="CERT", help="the key's certificate, embedded in the signature"
+    )
+    parser.add_argument("--chain", metavar="CA", help="intermediate/CA certificates to embed")
+    parser.add_argument(
+        "--passphrase-file", metavar="FILE", help="read the key's passphrase from FILE"
+    )
+
+
+def _signer_from_args(args: argparse.Namespace) -> Signer | None:
+    if not getattr(args, "key", None):
+        if getattr(args, "cert", None) or getattr(args, "chain", None):
+            raise BadInputError("--cert and --chain need --key")
+        return None
+    key_path = Path(args.key)
+    signer = load_signer(
+        key_path,
+        passphrase=read_passphrase(args.passphrase_file),
+        certificate=args.cert,
+        chain=args.chain,
+    )
+    if loose_permissions(key_path):
+        print(
+            f"{PROG}: warning: {key_path} can be read by other users; chmod 600 it", file=sys.stderr
+        )
+    return signer
 
 
 def _add_probe_options(parser: argparse.ArgumentParser) -> None:
@@ -198,6 +315,8 @@ def _show_progress(args: argparse.Namespace) -> bool:
 def _cmd_fingerprint(args: argparse.Namespace) -> int:
     from .fingerprinting import fingerprint_model
 
+    signer = _signer_from_args(args)  # a wrong passphrase fails now, not after extraction
+
     probe_set = load_probes(
         args.probes, column=args.probes_column, split=args.probes_split, limit=args.probes_limit
     )
@@ -215,6 +334,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         overwrite=args.overwrite,
         progress=_show_progress(args),
+        signer=signer,
     )
     summary = _fingerprint_summary(fingerprint)
     if args.json:
@@ -226,6 +346,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
             f"  model digest        {fingerprint.model_digest}\n"
             f"  probes digest       {fingerprint.probes_digest}\n"
             f"  fingerprint digest  {fingerprint.digest}"
+            + (f"\n  signed              {fingerprint.path / SIGNATURE_NAME}" if signer else "")
         )
     return 0
 
@@ -256,6 +377,71 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.json != "-":
         print(render_comparison(comparison))
     return 0
+
+
+def _cmd_keys_generate(args: argparse.Namespace) -> int:
+    passphrase = read_passphrase(args.passphrase_file)
+    if passphrase is None:
+        raise BadInputError(
+            f"a passphrase is needed to protect the key: set {PASSPHRASE_ENV} or pass --passphrase-file"
+        )
+    made = generate_keys(args.out, passphrase, common_name=args.name, email=args.email)
+    summary = {
+        "private_key": str(made.private_key),
+        "public_key": str(made.public_key),
+        "ca_certificate": str(made.ca_certificate),
+        "signer_certificate": str(made.signer_certificate),
+        "fingerprint": "sha256:" + made.fingerprint,
+    }
+    if args.json:
+        _emit_json(args.json, summary)
+    if args.json != "-":
+        print(
+            f"new ECDSA P-256 key sha256:{made.fingerprint}\n"
+            f"  private key         {made.private_key} (encrypted, mode 0600)\n"
+            f"  public key          {made.public_key}\n"
+            f"  signer certificate  {made.signer_certificate}\n"
+            f"  development CA      {made.ca_certificate} (for tests and trials, not production)"
+        )
+    return 0
+
+
+def _cmd_keys_show(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    described = describe_key_file(path, passphrase=read_passphrase(args.passphrase_file))
+    if args.json:
+        _emit_json(args.json, described)
+    if args.json != "-":
+        extra = f"  {described['subject']}" if described.get("subject") else ""
+        print(f"{described['fingerprint']}  {described['type']}  {described['kind']} {path}{extra}")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    signer = _signer_from_args(args)
+    assert signer is not None
+    bundle = sign_evidence(args.directory, signer)
+    summary = {"signature": str(bundle), "signer": "sha256:" + key_fingerprint(signer.public_key)}
+    if args.json:
+        _emit_json(args.json, summary)
+    if args.json != "-":
+        print(f"signed {args.directory}: {bundle} (key {summary['signer']})")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    if args.key:
+        trust = TrustPolicy(public_key=load_public_key(args.key))
+    else:
+        trust = TrustPolicy(roots=tuple(load_certificates(args.trust)))
+    result = verify_evidence(args.path, trust)
+    if args.json:
+        _emit_json(args.json, result.as_json())
+    if args.json != "-":
+        for check in result.checks:
+            print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+        print(f"{'VALID' if result.valid else 'NOT VALID'}: {args.path}")
+    return 0 if result.valid else 1
 
 
 def _cmd_probes(args: argparse.Namespace) -> int:

@@ -35,6 +35,14 @@ class FingerprintError(BadInputError):
     """A fingerprint directory is missing, malformed, or its files do not match its manifest."""
 
 
+class KeyMaterialError(BadInputError):
+    """A key, certificate or passphrase cannot be used (never quotes the key or passphrase)."""
+
+
+class SignatureError(BadInputError):
+    """A signature bundle is missing or malformed (an invalid signature is a verify result)."""
+
+
 class ComparisonError(BadInputError):
     """Two fingerprints cannot be compared (different probes, different sample counts)."""
 

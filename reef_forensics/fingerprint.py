@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +36,9 @@ from .errors import FingerprintError
 from .files import parse_json, split_lines
 from .probes import MIN_PROBES
 from .safetensors_file import Header, StreamWriter, read_header, read_tensor
+
+if TYPE_CHECKING:
+    from .keys import Signer
 
 FORMAT = "reef-fingerprint"
 FORMAT_VERSION = 1
@@ -287,8 +290,11 @@ class FingerprintWriter:
         for layer, values in zip(self._layers, layers, strict=True):
             self._stream.write_rows(layer["name"], indices, values)
 
-    def commit(self, texts: Sequence[str], manifest: dict[str, Any]) -> Fingerprint:
-        """Write the texts and the manifest (completed with layers and file digests), then rename."""
+    def commit(
+        self, texts: Sequence[str], manifest: dict[str, Any], *, signer: Signer | None = None
+    ) -> Fingerprint:
+        """Write the texts and the manifest (completed with layers and file digests), sign the
+        directory when a signer is given, check it reads back, then rename it into place."""
         assert self._stream is not None, "start() first"
         self._stream.close()
         self._stream = None
@@ -306,6 +312,10 @@ class FingerprintWriter:
             },
         }
         (self.staging / MANIFEST).write_bytes(canonical_json(full))
+        if signer is not None:
+            from .signing import sign_directory
+
+            sign_directory(self.staging, signer)
         finished = read_fingerprint(self.staging)  # never put in place what cannot be read back
         replace_directory(self.staging, self.out)
         return dataclasses.replace(finished, path=self.out)

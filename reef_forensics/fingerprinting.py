@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -39,6 +39,9 @@ from .models import (
 )
 from .probes import ProbeSet, load_probes
 
+if TYPE_CHECKING:
+    from .keys import Signer
+
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_LENGTH = 512
 
@@ -58,6 +61,7 @@ def fingerprint_model(
     trust_remote_code: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    signer: Signer | None = None,
 ) -> Fingerprint:
     """Fingerprint the model at ``model`` (a Hugging Face folder or a GGUF file) into ``out``.
 
@@ -83,6 +87,7 @@ def fingerprint_model(
         padding_side=padding_side,
         overwrite=overwrite,
         progress=progress,
+        signer=signer,
     )
 
 
@@ -100,6 +105,7 @@ def fingerprint_loaded(
     padding_side: PaddingSide = "right",
     overwrite: bool = False,
     progress: bool = False,
+    signer: Signer | None = None,
 ) -> Fingerprint:
     """Extract a loaded model's representations of ``probes`` and write the fingerprint."""
     chosen_pooling = pooling or default_pooling(loaded)
@@ -142,7 +148,7 @@ def fingerprint_loaded(
                 "device": device,
             },
         )
-        return writer.commit(probes.texts, manifest)
+        return writer.commit(probes.texts, manifest, signer=signer)
 
 
 def _manifest(
