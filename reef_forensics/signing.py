@@ -23,6 +23,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -295,6 +296,13 @@ def _base64(value: Any, where: str) -> bytes:
     return decoded
 
 
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _is_sha256_hex(value: Any) -> bool:
+    return isinstance(value, str) and _SHA256_HEX.fullmatch(value) is not None
+
+
 def _parse_bundle(raw: bytes) -> _Bundle:
     """Parse and strictly check a bundle; ValueError says what is wrong."""
     bundle = _fields(
@@ -350,10 +358,10 @@ def _parse_bundle(raw: bytes) -> _Bundle:
     names = [r["name"] for r in resources]
     if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise ValueError("the statement's resource names are not unique strings")
-    if not all(r["algorithm"] == "sha256" and isinstance(r["digest"], str) for r in resources):
-        raise ValueError("every resource needs algorithm sha256 and a digest")
-    if not isinstance(digest, str):
-        raise ValueError("the subject digest is not a string")
+    if not all(r["algorithm"] == "sha256" and _is_sha256_hex(r["digest"]) for r in resources):
+        raise ValueError("every resource needs algorithm sha256 and a 64-digit hex digest")
+    if not _is_sha256_hex(digest):
+        raise ValueError("the subject digest is not a 64-digit hex sha256")
     return _Bundle(material, payload, signature, resources, digest)
 
 
