@@ -265,6 +265,11 @@ def _signer_from_args(args: argparse.Namespace) -> Signer | None:
         if getattr(args, "cert", None) or getattr(args, "chain", None):
             raise BadInputError("--cert and --chain need --key")
         return None
+    if getattr(args, "trust_remote_code", False) or getattr(args, "allow_pickle", False):
+        raise BadInputError(
+            "--key cannot be combined with --trust-remote-code or --allow-pickle: the model's own "
+            "code would run next to the decrypted key; fingerprint first, then `reef-forensics sign`"
+        )
     key_path = Path(args.key)
     signer = load_signer(
         key_path,
@@ -272,6 +277,7 @@ def _signer_from_args(args: argparse.Namespace) -> Signer | None:
         certificate=args.cert,
         chain=args.chain,
     )
+    os.environ.pop(PASSPHRASE_ENV, None)  # read once; nothing started later inherits it
     if loose_permissions(key_path):
         print(
             f"{PROG}: warning: {key_path} can be read by other users; chmod 600 it", file=sys.stderr

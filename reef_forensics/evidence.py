@@ -13,9 +13,15 @@ import os
 from pathlib import Path
 
 from .errors import FingerprintError
-from .fingerprint import MANIFEST, read_fingerprint
+from .fingerprint import FILES, MANIFEST, read_fingerprint
 from .keys import Signer
-from .signing import TrustPolicy, VerificationResult, sign_directory, verify_directory
+from .signing import (
+    SIGNATURE_NAME,
+    TrustPolicy,
+    VerificationResult,
+    sign_directory,
+    verify_directory,
+)
 
 
 def _fingerprint_consistency(folder: Path, result: VerificationResult) -> None:
@@ -41,7 +47,23 @@ def verify_evidence(path: str | os.PathLike[str], trust: TrustPolicy) -> Verific
     result = verify_directory(folder, trust, content_checks=content)
     if content is None:
         result.add("content", False, f"{folder} is not a fingerprint ({MANIFEST} is missing)")
+    else:
+        _only_fingerprint_files(folder, result)
     return result
+
+
+def _only_fingerprint_files(folder: Path, result: VerificationResult) -> None:
+    """A fingerprint holds its three files and its signature, nothing else: no entry can hide
+    behind the names a generic signature ignores (.git, .github, ...)."""
+    expected = {*FILES, SIGNATURE_NAME}
+    others = sorted(entry.name for entry in folder.iterdir() if entry.name not in expected)
+    result.add(
+        "directory contents",
+        not others,
+        "nothing but the fingerprint's files and its signature"
+        if not others
+        else "unexpected entries: " + ", ".join(others),
+    )
 
 
 def sign_evidence(path: str | os.PathLike[str], signer: Signer) -> Path:

@@ -315,7 +315,7 @@ class FingerprintWriter:
         if signer is not None:
             from .signing import sign_directory
 
-            sign_directory(self.staging, signer)
+            sign_directory(self.staging, signer, name=self.out.name)
         finished = read_fingerprint(self.staging)  # never put in place what cannot be read back
         replace_directory(self.staging, self.out)
         return dataclasses.replace(finished, path=self.out)

@@ -112,7 +112,7 @@ def load_signer(
     else:
         try:
             key, cert, additional = pkcs12.load_key_and_certificates(data, passphrase)
-        except ValueError:
+        except Exception:  # wrong passphrase, not PKCS#12, oversized input: all unusable
             raise KeyMaterialError(
                 f"{path} is neither a PEM private key nor a PKCS#12 file it could open "
                 "(wrong passphrase?)"
@@ -140,11 +140,11 @@ def _load_pem_private_key(path: Path, data: bytes, passphrase: bytes | None) -> 
         )
     try:
         return serialization.load_pem_private_key(data, passphrase if encrypted else None)
-    except ValueError:
+    except (TypeError, UnsupportedAlgorithm):
+        raise KeyMaterialError(f"{path} is not a readable PEM private key") from None
+    except Exception:  # ValueError and anything else a bad passphrase or file can raise
         if encrypted:
             raise KeyMaterialError(f"wrong passphrase for {path}") from None
-        raise KeyMaterialError(f"{path} is not a readable PEM private key") from None
-    except (TypeError, UnsupportedAlgorithm):
         raise KeyMaterialError(f"{path} is not a readable PEM private key") from None
 
 
@@ -178,7 +178,7 @@ def load_public_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePublicKey:
             f"cannot read the public key {key_path}: {exc.strerror or exc}"
         ) from None
     key: object
-    if b"CERTIFICATE" in data:
+    if b"CERTIFICATE" in data or _looks_like_der_certificate(data):
         key = load_certificates(key_path)[0].public_key()
     elif b"PRIVATE KEY" in data:
         raise KeyMaterialError(

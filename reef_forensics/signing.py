@@ -36,11 +36,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .digests import sha256_file
-from .errors import BadInputError, ReefError, SignatureError
+from .errors import BadInputError, ReefError, SignatureError, first_line
 from .files import parse_json, write_atomic
-from .keys import Signer, key_fingerprint
+from .keys import DOCUMENT_SIGNING_EKUS, SUPPORTED, Signer, key_fingerprint
 
 SIGNATURE_NAME = "model.sig"
+#: Limits on what a verifier reads: a bundle is a few kB; a chain a handful of certificates.
+MAX_BUNDLE_BYTES = 4 * 1024 * 1024
+MAX_CHAIN = 8
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -63,11 +66,15 @@ def list_resources(directory: Path) -> list[dict[str, str]]:
     resources = []
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory).as_posix()
-        if relative == SIGNATURE_NAME or relative.split("/")[0] in IGNORED_BY_DEFAULT:
-            continue
         if path.is_symlink():
             raise SignatureError(
                 f"{path} is a symbolic link: a signed directory may hold only files"
+            )
+        if relative == SIGNATURE_NAME or relative.split("/")[0] in IGNORED_BY_DEFAULT:
+            continue
+        if not path.is_file() and not path.is_dir():
+            raise SignatureError(
+                f"{path} is not a regular file: a signed directory may hold only files"
             )
         if path.is_file():
             resources.append(
@@ -94,10 +101,10 @@ def subject_digest(resources: list[dict[str, str]]) -> str:
     return combined.hexdigest()
 
 
-def statement(directory: Path, resources: list[dict[str, str]]) -> dict[str, Any]:
+def statement(name: str, resources: list[dict[str, str]]) -> dict[str, Any]:
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [{"name": directory.name, "digest": {"sha256": subject_digest(resources)}}],
+        "subject": [{"name": name, "digest": {"sha256": subject_digest(resources)}}],
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "resources": resources,
@@ -111,15 +118,23 @@ def statement(directory: Path, resources: list[dict[str, str]]) -> dict[str, Any
     }
 
 
-def sign_directory(directory: str | os.PathLike[str], signer: Signer) -> Path:
-    """Sign every file of ``directory``; write the bundle to ``directory/SIGNATURE_NAME``."""
+def sign_directory(
+    directory: str | os.PathLike[str], signer: Signer, *, name: str | None = None
+) -> Path:
+    """Sign every file of ``directory``; write the bundle to ``directory/SIGNATURE_NAME``.
+
+    ``name`` is the statement's subject name (default: the directory's name), for a directory
+    signed in a staging place before it is renamed.
+    """
     folder = Path(directory)
     if not folder.is_dir():
         raise BadInputError(f"nothing to sign: {folder} is not a directory")
     resources = list_resources(folder)
     if not resources:
         raise BadInputError(f"nothing to sign: {folder} holds no files")
-    payload = json.dumps(statement(folder, resources), indent=2, ensure_ascii=True).encode("utf-8")
+    payload = json.dumps(
+        statement(name or folder.name, resources), indent=2, ensure_ascii=True
+    ).encode("utf-8")
     signature = signer.private_key.sign(pae(PAYLOAD_TYPE, payload), ec.ECDSA(hashes.SHA256()))
     bundle = {
         "mediaType": BUNDLE_MEDIA_TYPE,
@@ -166,6 +181,14 @@ def _verification_material(signer: Signer) -> dict[str, Any]:
 # --- verification -----------------------------------------------------------------------------
 
 
+def printable(text: str) -> str:
+    """Escape control and other non-printable characters, so that a file name cannot forge or
+    hide lines of a verification report on a terminal."""
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -186,10 +209,14 @@ class VerificationResult:
 
     @property
     def valid(self) -> bool:
-        return bool(self.checks) and all(check.ok for check in self.checks)
+        """Every check passed, and a signature was actually verified (never valid by omission)."""
+        passed = {check.name for check in self.checks if check.ok}
+        return (
+            bool(self.checks) and all(check.ok for check in self.checks) and "signature" in passed
+        )
 
     def add(self, name: str, ok: bool, detail: str) -> bool:
-        self.checks.append(Check(name, ok, detail))
+        self.checks.append(Check(printable(name), ok, printable(detail)))
         return ok
 
     def as_json(self) -> dict[str, Any]:
@@ -229,10 +256,14 @@ def verify_directory(
     if not folder.is_dir():
         raise BadInputError(f"nothing to verify: {folder} is not a directory")
     bundle_path = folder / SIGNATURE_NAME
-    if not bundle_path.is_file():
+    if not bundle_path.is_file() and not bundle_path.is_symlink():
         raise SignatureError(f"{folder} is not signed: {SIGNATURE_NAME} is missing")
     result = VerificationResult(path=folder)
     try:
+        if bundle_path.is_symlink():
+            raise ValueError("it is a symbolic link")
+        if bundle_path.stat().st_size > MAX_BUNDLE_BYTES:
+            raise ValueError(f"it is larger than {MAX_BUNDLE_BYTES} bytes")
         bundle = _parse_bundle(bundle_path.read_bytes())
     except ValueError as exc:
         result.add("signature bundle", False, f"{SIGNATURE_NAME} is damaged or not a bundle: {exc}")
@@ -241,7 +272,9 @@ def verify_directory(
         "signature bundle", True, f"{SIGNATURE_NAME} is a well-formed model-signing v1.0 bundle"
     )
     verifying_key = _signing_key(bundle, trust, result)
-    if verifying_key is not None:
+    if verifying_key is None:
+        result.add("signature", False, "no trusted P-256 key to check the signature with")
+    else:
         result.signer = "sha256:" + key_fingerprint(verifying_key)
         _check_signature(bundle, verifying_key, result)
     _check_files(folder, bundle.resources, result)
@@ -387,64 +420,72 @@ def _signing_key(
         return None
     try:
         raw = bundle.material["x509CertificateChain"]["certificates"]
+        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_CHAIN:
+            raise ValueError(f"a chain of 1 to {MAX_CHAIN} certificates is expected")
         chain = [
             x509.load_der_x509_certificate(_base64(c["rawBytes"], "a certificate")) for c in raw
         ]
-        if not chain:
-            raise ValueError("empty chain")
-    except (ValueError, KeyError, TypeError):
-        result.add("certificate chain", False, "the bundle's certificate chain cannot be read")
+        key, detail = _chain_to_roots(chain, trust.roots)
+    except Exception as exc:  # any malformed or hostile certificate: a failed check, never a crash
+        result.add(
+            "certificate chain", False, f"the certificate chain does not verify: {first_line(exc)}"
+        )
         return None
-    ok, detail = _chain_to_roots(chain, trust.roots)
-    result.add("certificate chain", ok, detail)
-    key = chain[0].public_key()
-    return key if ok and isinstance(key, ec.EllipticCurvePublicKey) else None
+    result.add("certificate chain", True, detail)
+    return key
+
+
+#: What the signer certificate must allow: S/MIME, RFC 9336 document signing, Microsoft and
+#: Adobe document signing, or code signing (what model_signing's certificate mode asks for).
+SIGNER_EKUS = frozenset(
+    {*(oid.dotted_string for oid in DOCUMENT_SIGNING_EKUS), "1.3.6.1.5.5.7.3.3"}
+)
 
 
 def _chain_to_roots(
     chain: list[x509.Certificate], roots: tuple[x509.Certificate, ...]
-) -> tuple[bool, str]:
-    now = datetime.now(timezone.utc)
-    for cert in chain:
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            return (
-                False,
-                f"certificate {cert.subject.rfc4514_string()} is outside its validity period",
-            )
-    leaf = chain[0]
-    try:
-        usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
-        if not usage.digital_signature:
-            return False, "the signer certificate does not allow digitalSignature"
-    except x509.ExtensionNotFound:
-        pass
-    path = list(chain)
-    for _ in range(len(chain) + 1):
-        issuer_found = False
-        for root in roots:
-            try:
-                path[-1].verify_directly_issued_by(root)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            return (
-                True,
-                f"signed by {leaf.subject.rfc4514_string()}, issued under {root.subject.rfc4514_string()}",
-            )
-        for cert in chain:
-            if cert is path[-1]:
-                continue
-            try:
-                path[-1].verify_directly_issued_by(cert)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            path.append(cert)
-            issuer_found = True
-            break
-        if not issuer_found:
-            break
+) -> tuple[ec.EllipticCurvePublicKey, str]:
+    """Validate the chain up to a trusted root (RFC 5280 path validation by cryptography's
+    verifier: issuers must be CAs allowed to sign certificates, path lengths and validity
+    dates hold for every certificate, the root's included), then the leaf's own fitness for
+    signing evidence. Returns the leaf's key; raises with the reason otherwise."""
+    from cryptography.x509 import verification
+
+    leaf, intermediates = chain[0], chain[1:]
+    signer_policy = (
+        verification.ExtensionPolicy.permit_all()
+        .require_present(x509.KeyUsage, verification.Criticality.AGNOSTIC, None)
+        .require_present(x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, None)
+    )
+    verifier = (
+        verification.PolicyBuilder()
+        .store(verification.Store(list(roots)))
+        .time(datetime.now(timezone.utc))
+        .max_chain_depth(MAX_CHAIN)
+        .extension_policies(
+            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=signer_policy
+        )
+        .build_client_verifier()
+    )
+    verified = verifier.verify(leaf, intermediates)
+    usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    if not usage.digital_signature:
+        raise ValueError("the signer certificate does not allow digitalSignature")
+    purposes = {
+        oid.dotted_string
+        for oid in leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    }
+    if not purposes & SIGNER_EKUS:
+        raise ValueError(
+            "the signer certificate is not for document or code signing (extended key usage)"
+        )
+    key = leaf.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError(f"the signer certificate's key is not {SUPPORTED}")
+    root = verified.chain[-1]
     return (
-        False,
-        f"the signer certificate {leaf.subject.rfc4514_string()} does not chain to a trusted certificate",
+        key,
+        f"signed by {leaf.subject.rfc4514_string()}, issued under {root.subject.rfc4514_string()}",
     )
 
 

@@ -13,12 +13,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from reef_forensics.cli import main
 
 PASSPHRASE = "cli-secret-passphrase-42"
+WRONG = "wrong-passphrase-Zq7"
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
-    assert PASSPHRASE not in captured.out + captured.err  # the passphrase never reaches an output
+    for secret in (PASSPHRASE, WRONG):  # no passphrase, right or wrong, reaches an output
+        assert secret not in captured.out + captured.err
     assert "PRIVATE KEY" not in captured.out + captured.err
     return code, captured.out, captured.err
 
@@ -149,7 +151,7 @@ def test_bad_inputs_for_keys_sign_and_verify(
     shutil.copytree(fingerprints["victim"], target)
     key, pub = keydir / "signing-key.pem", keydir / "signing-key.pub.pem"
     cases = [
-        (["sign", target, "--key", key], "wrong passphrase for", {"REEF_KEY_PASSPHRASE": "nope"}),
+        (["sign", target, "--key", key], "wrong passphrase for", {"REEF_KEY_PASSPHRASE": WRONG}),
         (
             ["sign", target, "--key", make_rsa_key(tmp_path / "rsa.pem")],
             "unsupported type (RSA); supported: ECDSA P-256",
@@ -175,6 +177,11 @@ def test_bad_inputs_for_keys_sign_and_verify(
             {"REEF_KEY_PASSPHRASE": ""},
         ),
         (["keys", "show", tmp_path / "missing.pem"], "cannot read", {}),
+        (
+            ["fingerprint", tmp_path, "--out", tmp_path / "o", "--key", key, "--trust-remote-code"],
+            "--key cannot be combined",
+            {},
+        ),
     ]
     for args, message, env in cases:
         for name, value in env.items():

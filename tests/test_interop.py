@@ -94,3 +94,23 @@ def test_we_verify_what_openssf_model_signing_signs(
     assert result.valid, result.as_json()
     (folder / "extra.txt").write_text("x")
     assert not verify_evidence(folder, TrustPolicy(public_key=load_public_key(public))).valid
+
+
+def test_a_fingerprint_signed_as_it_is_made_verifies_with_openssf(
+    zoo: dict[str, Path], small_probes, keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from reef_forensics import fingerprint_model
+
+    signer = load_signer(keys.private_key, passphrase=PASSPHRASE)
+    fp = fingerprint_model(zoo["victim"], tmp_path / "made", probes=small_probes, signer=signer)
+    ok = model_signing(
+        "verify",
+        "key",
+        "--public_key",
+        keys.public_key,
+        "--signature",
+        fp.path / SIGNATURE_NAME,
+        fp.path,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert verify_evidence(fp.path, TrustPolicy(public_key=load_public_key(keys.public_key))).valid

@@ -141,7 +141,7 @@ def test_unusable_keys_give_one_clear_error(
 ) -> None:  # type: ignore[no-untyped-def]
     key_path, passphrase, cert = keys.private_key, PASSPHRASE, None
     if make == "wrong-passphrase":
-        passphrase = b"not it"
+        passphrase = b"wrong-passphrase-Zq7"
     elif make == "no-passphrase":
         passphrase = None
     elif make in ("rsa", "p384"):
@@ -166,6 +166,7 @@ def test_unusable_keys_give_one_clear_error(
     with pytest.raises(KeyMaterialError, match=message) as info:
         load_signer(key_path, passphrase=passphrase, certificate=cert)
     assert PASSPHRASE.decode() not in str(info.value)
+    assert "wrong-passphrase-Zq7" not in str(info.value)
 
 
 # --- signing and verification ------------------------------------------------------------
@@ -177,7 +178,7 @@ def test_signed_fingerprint_verifies_with_every_check_named(signed: Path, keys) 
     names = [c.name for c in result.checks]
     assert names[:3] == ["signature bundle", "signature", "file set"]
     assert {f"file {n}" for n in (MANIFEST, PROBES, REPRESENTATIONS)} <= set(names)
-    assert names[-2:] == ["subject digest", "fingerprint consistency"]
+    assert names[-3:] == ["subject digest", "fingerprint consistency", "directory contents"]
     record = result.as_json()
     assert record["valid"] is True and record["signer"] == "sha256:" + keys.fingerprint
     assert all(set(c) == {"name", "ok", "detail"} for c in record["checks"])
@@ -211,7 +212,7 @@ def test_certificate_mode_chains_to_the_trusted_ca(
         target, TrustPolicy(roots=tuple(load_certificates(other_keys.ca_certificate)))
     )
     assert not foreign.valid
-    assert [c.name for c in foreign.checks if not c.ok] == ["certificate chain"]
+    assert [c.name for c in foreign.checks if not c.ok] == ["certificate chain", "signature"]
     bare = verify_evidence(signed, TrustPolicy(roots=tuple(load_certificates(keys.ca_certificate))))
     assert "verify with --key" in next(c.detail for c in bare.checks if not c.ok)
 
@@ -353,3 +354,189 @@ def test_any_single_byte_change_anywhere_is_detected(
     result = verify_evidence(target, trust_key(keys))
     assert not result.valid, (name, position, flip)
     shutil.rmtree(target.parent)
+
+
+# --- certificate chains: what must not pass ---------------------------------------------
+
+
+def issue_cert(  # type: ignore[no-untyped-def]
+    name: str,
+    public_key,
+    issuer_key,
+    issuer_name,
+    *,
+    ca: bool = False,
+    digital_signature: bool = True,
+    eku: bool = True,
+    days: int = 30,
+    start_days_ago: int = 1,
+):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=start_days_ago))
+        .not_valid_after(
+            now - datetime.timedelta(days=start_days_ago) + datetime.timedelta(days=days)
+        )
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature and not ca, not ca, False, False, False, ca, ca, False, False
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
+    )
+    if eku and not ca:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def chain_result(signed: Path, tmp_path: Path, keys, leaf_key, leaf, extra=()):  # type: ignore[no-untyped-def]
+    from reef_forensics.keys import Signer
+
+    target = copy(signed, tmp_path)
+    if isinstance(leaf_key, ec.EllipticCurvePrivateKey):
+        sign_directory(target, Signer(private_key=leaf_key, certificate=leaf, chain=tuple(extra)))
+    else:  # a non-EC leaf cannot sign here: put its chain around the P-256 signature of another key
+        sign_directory(target, load_signer(keys.private_key, passphrase=PASSPHRASE))
+        bundle = json.loads((target / SIGNATURE_NAME).read_bytes())
+        import base64
+
+        bundle["verificationMaterial"] = {
+            "x509CertificateChain": {
+                "certificates": [
+                    {
+                        "rawBytes": base64.b64encode(
+                            c.public_bytes(serialization.Encoding.DER)
+                        ).decode()
+                    }
+                    for c in (leaf, *extra)
+                ]
+            },
+            "tlogEntries": [],
+        }
+        (target / SIGNATURE_NAME).write_bytes(json.dumps(bundle, separators=(",", ":")).encode())
+    return verify_evidence(target, TrustPolicy(roots=tuple(load_certificates(keys.ca_certificate))))
+
+
+def ca_material(keys):  # type: ignore[no-untyped-def]
+    ca_key = load_signer(
+        keys.ca_certificate.parent / "ca-key.pem", passphrase=PASSPHRASE
+    ).private_key
+    return ca_key, load_certificates(keys.ca_certificate)[0]
+
+
+def test_an_end_entity_certificate_cannot_issue_a_signer(
+    signed: Path, keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    holder = load_signer(
+        keys.private_key, passphrase=PASSPHRASE, certificate=keys.signer_certificate
+    )
+    mine = ec.generate_private_key(ec.SECP256R1())
+    fake = issue_cert(
+        "Chief Examiner (impersonated)",
+        mine.public_key(),
+        holder.private_key,
+        holder.certificate.subject,
+    )
+    result = chain_result(signed, tmp_path, keys, mine, fake, [holder.certificate])
+    assert not result.valid and "certificate chain" in failed(result)
+
+
+def test_an_intermediate_ca_under_a_path_length_zero_root_is_refused(
+    signed: Path, keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    ca_key, ca_cert = ca_material(keys)
+    intermediate_key = ec.generate_private_key(ec.SECP256R1())
+    intermediate = issue_cert(
+        "Team CA", intermediate_key.public_key(), ca_key, ca_cert.subject, ca=True
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = issue_cert("Examiner", leaf_key.public_key(), intermediate_key, intermediate.subject)
+    # the development CA has pathLen 0: an intermediate under it must be refused
+    result = chain_result(signed, tmp_path, keys, leaf_key, leaf, [intermediate])
+    assert not result.valid and "certificate chain" in failed(result)
+
+
+@pytest.mark.parametrize(
+    "flaw", ["rsa-key", "no-digital-signature", "no-eku", "expired", "not-yet-valid"]
+)
+def test_unfit_signer_certificates_are_refused(
+    signed: Path, keys, tmp_path: Path, flaw: str
+) -> None:  # type: ignore[no-untyped-def]
+    ca_key, ca_cert = ca_material(keys)
+    leaf_key = (
+        rsa.generate_private_key(65537, 2048)
+        if flaw == "rsa-key"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    options = {
+        "no-digital-signature": {"digital_signature": False},
+        "no-eku": {"eku": False},
+        "expired": {"start_days_ago": 40, "days": 30},
+        "not-yet-valid": {"start_days_ago": -5},
+    }.get(flaw, {})
+    leaf = issue_cert("Examiner", leaf_key.public_key(), ca_key, ca_cert.subject, **options)
+    result = chain_result(signed, tmp_path, keys, leaf_key, leaf)
+    problems = failed(result)
+    assert not result.valid
+    assert "certificate chain" in problems and "signature" in problems  # never valid by omission
+
+
+def test_a_fit_signer_certificate_from_the_ca_is_accepted(
+    signed: Path, keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    ca_key, ca_cert = ca_material(keys)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = issue_cert("Examiner", leaf_key.public_key(), ca_key, ca_cert.subject)
+    result = chain_result(signed, tmp_path, keys, leaf_key, leaf)
+    assert result.valid, result.as_json()
+
+
+def test_extra_entries_hidden_behind_ignored_names_are_reported(
+    signed: Path, keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    target = copy(signed, tmp_path)
+    (target / ".github").mkdir()
+    (target / ".github" / "representations.safetensors").write_bytes(b"x")
+    problems = failed(verify_evidence(target, trust_key(keys)))
+    assert problems == {"directory contents": "unexpected entries: .github"}
+
+
+def test_symlinks_are_refused(signed: Path, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    target = copy(signed, tmp_path)
+    (target / "link").symlink_to(target / "probes.jsonl")
+    assert "symbolic link" in failed(verify_evidence(target, trust_key(keys)))["file set"]
+    target2 = tmp_path / "sig-link"
+    shutil.copytree(signed, target2)
+    outside = tmp_path / "outside.sig"
+    shutil.move(target2 / SIGNATURE_NAME, outside)
+    (target2 / SIGNATURE_NAME).symlink_to(outside)
+    assert "symbolic link" in failed(verify_evidence(target2, trust_key(keys)))["signature bundle"]
+
+
+def test_names_with_control_characters_cannot_forge_report_lines(
+    signed: Path, keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    target = copy(signed, tmp_path)
+    (target / "x\nok    all good\nVALID: here\x1b[8m").write_text("sneaky")
+    result = verify_evidence(target, trust_key(keys))
+    assert not result.valid
+    assert all("\n" not in c.detail and "\x1b" not in c.detail for c in result.checks)

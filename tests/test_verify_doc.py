@@ -18,22 +18,30 @@ DOC = Path(__file__).parent.parent / "docs" / "verify.md"
 PASSPHRASE = b"auditor test"
 
 
-def doc_script() -> str:
-    blocks = re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S)
+def doc_script(certificate: bool = False) -> str:
+    text = DOC.read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
     assert len(blocks) >= 5, "docs/verify.md lost its commands"
-    return "set -euo pipefail\n" + "\n".join(blocks)
+    if not certificate:
+        return "set -euo pipefail\n" + "\n".join(blocks)
+    field = re.search(r"^field\(\) .*$", text, re.M)
+    cert_steps = re.findall(r"```sh-cert\n(.*?)```", text, re.S)
+    assert field and cert_steps, "docs/verify.md lost its certificate steps"
+    return "set -euo pipefail\n" + field.group(0) + "\n" + "\n".join(cert_steps + blocks)
 
 
-def run_doc(fp: Path, pub: Path, work: Path) -> subprocess.CompletedProcess[str]:
+def run_doc(
+    fp: Path, pub: Path | None, work: Path, ca: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     work.mkdir()
-    env = {
-        "FP": str(fp),
-        "PUB": str(pub),
-        "WORK": str(work),
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-    }
+    env = {"FP": str(fp), "WORK": str(work), "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    if pub is not None:
+        env["PUB"] = str(pub)
+    if ca is not None:
+        env["CA"] = str(ca)
+    script = doc_script(certificate=ca is not None)
     return subprocess.run(
-        ["bash", "-c", doc_script()], env=env, capture_output=True, text=True, check=False
+        ["bash", "-c", script], env=env, capture_output=True, text=True, check=False
     )
 
 
@@ -83,3 +91,29 @@ def test_the_documented_steps_catch_tampering(setup, tmp_path: Path, tamper: str
         sign_directory(target, load_signer(keys.private_key, passphrase=PASSPHRASE))
     done = run_doc(target, keys.public_key, tmp_path / "work")
     assert done.returncode != 0, done.stdout
+    output = done.stdout + done.stderr
+    caught_by = {  # the step that must have stopped the script
+        "flip-byte": "representations.safetensors: FAILED",
+        "add-file": "> extra.bin",
+        "other-signer": "Verification failure",
+        "edit-manifest": "fingerprint.json: FAILED",
+        "swap-probes-keep-digests": "probes.jsonl: OK",  # steps 3-5 pass: step 6 caught it
+    }[tamper]
+    assert caught_by in output, output
+
+
+def test_the_documented_certificate_steps_verify_a_certificate_signed_fingerprint(
+    setup, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    fp, keys, other = setup
+    target = tmp_path / "fp"
+    shutil.copytree(fp, target)
+    sign_directory(
+        target,
+        load_signer(keys.private_key, passphrase=PASSPHRASE, certificate=keys.signer_certificate),
+    )
+    done = run_doc(target, None, tmp_path / "work", ca=keys.ca_certificate)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ": OK" in done.stdout and "Verified OK" in done.stdout
+    refused = run_doc(target, None, tmp_path / "work2", ca=other.ca_certificate)
+    assert refused.returncode != 0
