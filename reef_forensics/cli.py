@@ -175,6 +175,53 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", metavar="FILE", help="write the summary as JSON to FILE ('-' for stdout)"
     )
     probes.set_defaults(handler=_cmd_probes)
+    chk = commands.add_parser(
+        "check",
+        help="forensic check of a suspect against a victim, with a calibrated verdict",
+        description="Compare a suspect with a victim, calibrate the score on independent "
+        "reference models, and write the Findings (verdict, score, p-value, per-layer "
+        "similarity, stability, controls). V, S and R are fingerprint directories or models "
+        "(models are fingerprinted on the victim's probe texts first).",
+    )
+    chk.add_argument(
+        "--victim", required=True, metavar="V", help="the victim: fingerprint or model"
+    )
+    chk.add_argument(
+        "--suspect", required=True, metavar="S", help="the suspect: fingerprint or model"
+    )
+    chk.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="R",
+        help="an independent model or its fingerprint (repeat; at least 3 for a verdict)",
+    )
+    chk.add_argument(
+        "--out", metavar="DIR", help="write DIR/findings.json (and DIR/model.sig with --key)"
+    )
+    chk.add_argument(
+        "--overwrite", action="store_true", help="replace an existing findings directory"
+    )
+    chk.add_argument(
+        "--resamples", type=int, default=200, metavar="N", help="bootstrap resamples (default 200)"
+    )
+    chk.add_argument(
+        "--probes",
+        default=DEFAULT_SPEC,
+        metavar="SPEC",
+        help="probe set when the victim is a model",
+    )
+    chk.add_argument(
+        "--allow-pickle", action="store_true", help="allow pickle weights for models given"
+    )
+    chk.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the models' own code to run"
+    )
+    chk.add_argument("--device", default="cpu", help="device for models given (default cpu)")
+    _add_signing_options(chk, required=False)
+    _add_output_options(chk)
+    chk.set_defaults(handler=_cmd_check)
+
     keys = commands.add_parser(
         "keys",
         help="generate or inspect signing keys",
@@ -382,6 +429,65 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         _emit_json(args.json, comparison.as_json())
     if args.json != "-":
         print(render_comparison(comparison))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .analysis import check_paths
+
+    if args.resamples < 10:
+        raise BadInputError(f"--resamples must be at least 10, got {args.resamples}")
+    signer = _signer_from_args(args)
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise BadInputError(f"{args.out} already exists (pass --overwrite to replace it)")
+    options: dict[str, Any] = {
+        "allow_pickle": args.allow_pickle,
+        "trust_remote_code": args.trust_remote_code,
+        "device": args.device,
+    }
+    if args.probes != DEFAULT_SPEC and Path(args.victim, "fingerprint.json").is_file():
+        raise BadInputError(
+            "--probes applies only when the victim is a model; a fingerprint brings its own"
+        )
+    victim_is_model = not Path(args.victim, "fingerprint.json").is_file()
+    probes = load_probes(args.probes) if victim_is_model else None
+    with tempfile.TemporaryDirectory(prefix="reef-check-") as scratch:
+        findings = check_paths(
+            args.victim,
+            args.suspect,
+            args.reference,
+            workdir=scratch,
+            probes=probes,
+            resamples=args.resamples,
+            progress=_show_progress(args),
+            **options,
+        )
+        written = (
+            findings.write(args.out, signer=signer, overwrite=args.overwrite) if args.out else None
+        )
+    record = findings.as_json()
+    if args.json:
+        _emit_json(args.json, record)
+    if args.json != "-":
+        p = record["p_value"]
+        lines = [
+            f"VERDICT: {record['verdict']}",
+            f"score {record['score']:.4f} ({record['statistic']})"
+            if record["score"] is not None
+            else "score: undefined",
+            f"p-value {p:.3g} against {record['panel_size']} reference model(s)"
+            if p is not None
+            else f"p-value: none ({record['p_value_reason']})",
+            *[f"  {reason}" for reason in record["reasons"]],
+        ]
+        if written is not None:
+            lines.append(
+                f"findings: {written}"
+                + (f" (signed: {written.parent / SIGNATURE_NAME})" if signer else "")
+            )
+        print("\n".join(lines))
     return 0
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .analysis import FINDINGS_FILE, FINDINGS_FORMAT, FINDINGS_VERSION, VERDICTS
+from .digests import canonical_json
 from .errors import FingerprintError
+from .files import parse_json
 from .fingerprint import FILES, MANIFEST, read_fingerprint
 from .keys import Signer
 from .signing import (
@@ -43,24 +46,46 @@ def _fingerprint_consistency(folder: Path, result: VerificationResult) -> None:
 def verify_evidence(path: str | os.PathLike[str], trust: TrustPolicy) -> VerificationResult:
     """Verify a signed evidence directory (today: a fingerprint) against ``trust``."""
     folder = Path(path)
-    content = _fingerprint_consistency if (folder / MANIFEST).is_file() else None
-    result = verify_directory(folder, trust, content_checks=content)
-    if content is None:
-        result.add("content", False, f"{folder} is not a fingerprint ({MANIFEST} is missing)")
+    if (folder / MANIFEST).is_file():
+        result = verify_directory(folder, trust, content_checks=_fingerprint_consistency)
+        _only_these_files(folder, {*FILES, SIGNATURE_NAME}, result)
+    elif (folder / FINDINGS_FILE).is_file():
+        result = verify_directory(folder, trust, content_checks=_findings_consistency)
+        _only_these_files(folder, {FINDINGS_FILE, SIGNATURE_NAME}, result)
     else:
-        _only_fingerprint_files(folder, result)
+        result = verify_directory(folder, trust)
+        result.add("content", False, f"{folder} is neither a fingerprint nor findings")
     return result
 
 
-def _only_fingerprint_files(folder: Path, result: VerificationResult) -> None:
-    """A fingerprint holds its three files and its signature, nothing else: no entry can hide
-    behind the names a generic signature ignores (.git, .github, ...)."""
-    expected = {*FILES, SIGNATURE_NAME}
+def _findings_consistency(folder: Path, result: VerificationResult) -> None:
+    raw = (folder / FINDINGS_FILE).read_bytes()
+    try:
+        record = parse_json(raw)
+        problem = None
+        if not isinstance(record, dict) or record.get("format") != FINDINGS_FORMAT:
+            problem = f"{FINDINGS_FILE} is not a reef-forensics findings record"
+        elif record.get("format_version") != FINDINGS_VERSION:
+            problem = f"{FINDINGS_FILE} has format version {record.get('format_version')!r}"
+        elif canonical_json(record) != raw:
+            problem = f"{FINDINGS_FILE} is not in canonical form"
+        elif record.get("verdict") not in VERDICTS:
+            problem = f"{FINDINGS_FILE} has no known verdict"
+    except ValueError:
+        problem = f"{FINDINGS_FILE} is not valid JSON"
+    result.add(
+        "findings consistency", problem is None, problem or "a canonical findings record, version 1"
+    )
+
+
+def _only_these_files(folder: Path, expected: set[str], result: VerificationResult) -> None:
+    """Evidence holds its own files and its signature, nothing else: no entry can hide behind
+    the names a generic signature ignores (.git, .github, ...)."""
     others = sorted(entry.name for entry in folder.iterdir() if entry.name not in expected)
     result.add(
         "directory contents",
         not others,
-        "nothing but the fingerprint's files and its signature"
+        "nothing but the evidence files and their signature"
         if not others
         else "unexpected entries: " + ", ".join(others),
     )

@@ -1,0 +1,461 @@
+"""The forensic check: a suspect against a victim, calibrated on independent references.
+
+`check` turns fingerprints into `Findings`:
+
+- per-layer similarity: the layer-by-layer CKA matrix in the debiased linear estimator (which
+  drives the verdict: it is unbiased in the number of texts and near 0 for independent
+  representations, where REEF's biased estimator is inflated) and the biased one (REEF's, for
+  comparison), each victim layer's best match, and a monotone alignment path;
+- the verdict statistic: the mean CKA along the alignment path over the victim's blocks
+  (embeddings excluded: models that share a tokenizer share their embedding geometry);
+- sample-size stability at REEF's layer, with bootstrap bands;
+- controls: invariance (the victim against transformed copies of itself: must be 1), positive
+  (fingerprints of derivatives of the victim), negative (the reference panel);
+- a calibrated verdict (see `decide`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import __version__
+from .alignment import monotone_alignment
+from .cka import (
+    CkaMethod,
+    Float64Array,
+    centered_grams,
+    cka,
+    cka_curve,
+    cka_matrix,
+    curve_sizes,
+    gram,
+)
+from .comparison import headline_layer
+from .digests import canonical_json
+from .errors import BadInputError, ComparisonError
+from .fingerprint import EMBEDDINGS_LAYER, Fingerprint, created_timestamp, replace_directory
+from .probes import ProbeSet, load_probes
+from .statistics import NullCalibration, bootstrap_curve, null_calibration
+
+if TYPE_CHECKING:
+    from .keys import Signer
+
+FINDINGS_FORMAT = "reef-findings"
+FINDINGS_VERSION = 1
+VERDICTS = ("derived", "unrelated", "inconclusive")
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """`derived` needs at least ``min_references`` references, a parametric p-value below
+    ``alpha``, and a score above every reference by at least ``margin``; `unrelated` needs the
+    same panel and a parametric p-value of at least ``unrelated_alpha`` (the score is ordinary
+    among independent models); anything else is `inconclusive`."""
+
+    alpha: float = 0.01
+    unrelated_alpha: float = 0.05
+    margin: float = 0.05
+    min_references: int = 3
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "unrelated_alpha": self.unrelated_alpha,
+            "margin": self.margin,
+            "min_references": self.min_references,
+            "text": (
+                f"derived: at least {self.min_references} references, parametric p < {self.alpha}, "
+                f"and score above every reference by at least {self.margin}; unrelated: at least "
+                f"{self.min_references} references and parametric p >= {self.unrelated_alpha}; "
+                "otherwise inconclusive"
+            ),
+        }
+
+
+def decide(calibration: NullCalibration, rule: DecisionRule) -> tuple[str, list[str]]:
+    """The verdict and the sentences that explain it."""
+    score, refs = calibration.score, calibration.references
+    if math.isnan(score):
+        return "inconclusive", ["The similarity could not be computed, so no conclusion is drawn."]
+    if len(refs) < rule.min_references:
+        return "inconclusive", [
+            f"Only {len(refs)} independent reference model(s) were measured; at least "
+            f"{rule.min_references} are needed to know how similar unrelated models look to this "
+            "victim, so no verdict is given. The numbers are reported all the same."
+        ]
+    p = calibration.parametric_p
+    highest = max(refs)
+    described = (
+        f"The suspect scores {score:.3f}. The {len(refs)} independent reference models score "
+        f"{min(refs):.3f} to {highest:.3f} against the same victim."
+    )
+    assert p is not None
+    if p < rule.alpha and score >= highest + rule.margin:
+        return "derived", [
+            described,
+            f"A score this high would be expected from an independent model with probability "
+            f"{p:.2g} (below the threshold {rule.alpha}), and it exceeds every reference by "
+            f"{score - highest:.3f}. The suspect's representations match the victim's far more "
+            "closely than independent models do: the evidence indicates it was derived from it.",
+        ]
+    if p >= rule.unrelated_alpha:
+        return "unrelated", [
+            described,
+            f"Independent models reach a score like this with probability {p:.2g}, so the "
+            "similarity is what unrelated models show: no evidence of derivation was found.",
+        ]
+    return "inconclusive", [
+        described,
+        f"The score is unusual for an independent model (probability {p:.2g}) but does not meet "
+        f"the bar for a finding of derivation (probability below {rule.alpha} and a margin of "
+        f"{rule.margin} over every reference). More references or probe texts may settle it.",
+    ]
+
+
+FINDINGS_FILE = "findings.json"
+
+
+@dataclass
+class Findings:
+    """Everything `check` measured, and the verdict; `as_json` is the signed record."""
+
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def write(
+        self, out: str | os.PathLike[str], *, signer: Signer | None = None, overwrite: bool = False
+    ) -> Path:
+        """Write ``out/findings.json`` (canonical JSON) and, with a signer, ``out/model.sig``;
+        built in a staging directory and renamed into place."""
+        folder = Path(out)
+        if folder.exists() and not overwrite:
+            raise BadInputError(f"{folder} already exists (pass --overwrite to replace it)")
+        if folder.exists() and (
+            not (folder / FINDINGS_FILE).is_file() or any(p.is_dir() for p in folder.iterdir())
+        ):
+            raise BadInputError(
+                f"{folder} exists and is not a findings directory: refusing to replace it"
+            )
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent)
+        )
+        try:
+            (staging / FINDINGS_FILE).write_bytes(canonical_json(self.record))
+            if signer is not None:
+                from .signing import sign_directory
+
+                sign_directory(staging, signer, name=folder.name)
+            replace_directory(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder / FINDINGS_FILE
+
+    @property
+    def verdict(self) -> str:
+        return str(self.record["verdict"])
+
+    @property
+    def score(self) -> float:
+        return float(self.record["score"])
+
+    def as_json(self) -> dict[str, Any]:
+        return self.record
+
+
+def _stack(fingerprint: Fingerprint, method: CkaMethod) -> Float64Array:
+    return centered_grams(
+        (f for _, f in fingerprint.iter_layers()), method, count=len(fingerprint.layers)
+    )
+
+
+def _aligned_score(matrix: Float64Array, layers_a: list[str]) -> tuple[float, list[int]]:
+    path = monotone_alignment(matrix)
+    blocks = [i for i, name in enumerate(layers_a) if name != EMBEDDINGS_LAYER] or list(
+        range(len(layers_a))
+    )
+    values = [matrix[i, path[i]] for i in blocks]
+    return (float(np.mean(values)) if not np.any(np.isnan(values)) else float("nan")), path
+
+
+def _describe(fingerprint: Fingerprint) -> dict[str, Any]:
+    described = fingerprint.describe()
+    return {
+        "name": described["model_name"],
+        "digest": described["digest"],
+        "model_digest": described["model_digest"],
+        "layers": len(fingerprint.layers),
+    }
+
+
+def _clean(value: float) -> float | None:
+    return (
+        None if value is None or math.isnan(value) or math.isinf(value) else round(float(value), 10)
+    )
+
+
+def _matrix_json(matrix: Float64Array) -> list[list[float | None]]:
+    return [[_clean(v) for v in row] for row in matrix]
+
+
+def invariance_controls(
+    features: np.ndarray, method: CkaMethod, seed: int = 0
+) -> list[dict[str, Any]]:
+    """The victim's layer against transformed copies of itself: each must score 1."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(features, dtype=np.float64)
+    q, _ = np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))
+    transforms = {
+        "orthogonal transform": x @ q,
+        "feature permutation": x[:, rng.permutation(x.shape[1])],
+        "isotropic scaling x7.5": 7.5 * x,
+    }
+    if method.standardize:  # z-scoring is not rotation invariant: test what it is invariant to
+        transforms["orthogonal transform"] = x * rng.uniform(0.1, 10.0, size=x.shape[1])
+        transforms = {
+            ("per-feature scaling" if k == "orthogonal transform" else k): v
+            for k, v in transforms.items()
+        }
+    return [{"name": name, "score": _clean(cka(x, y, method))} for name, y in transforms.items()]
+
+
+def check(
+    victim: Fingerprint,
+    suspect: Fingerprint,
+    references: Sequence[Fingerprint] = (),
+    *,
+    positive_controls: Sequence[tuple[str, Fingerprint]] = (),
+    skipped_positive_controls: str | None = None,
+    rule: DecisionRule | None = None,
+    resamples: int = 200,
+    seed: int = 0,
+    progress: bool = False,
+) -> Findings:
+    """Compare ``suspect`` with ``victim`` and calibrate on ``references``."""
+    chosen_rule = rule or DecisionRule()
+    method = CkaMethod(estimator="debiased")
+    biased = CkaMethod(estimator="biased")
+    for role, other in [
+        ("suspect", suspect),
+        *[(f"reference {r.path}", r) for r in references],
+        *[(f"positive control {n}", f) for n, f in positive_controls],
+    ]:
+        if other.probes_digest != victim.probes_digest:
+            raise ComparisonError(
+                f"the {role} was fingerprinted on other probe texts ({other.probes_digest[:19]}...) "
+                f"than the victim ({victim.probes_digest[:19]}...): fingerprint it on the victim's probe set"
+            )
+    seen: dict[str, str] = {}
+    for reference in references:
+        if reference.model_digest in seen:
+            raise ComparisonError(
+                f"the same reference model is given twice ({seen[reference.model_digest]} and "
+                f"{reference.path}): references must be independent models"
+            )
+        seen[reference.model_digest] = str(reference.path)
+    total = 2 + len(references) + len(positive_controls)
+    with tqdm(
+        total=total, desc="check", unit="model", disable=not progress, file=sys.stderr
+    ) as bar:
+        victim_stack = _stack(victim, method)
+        victim_biased = _stack(victim, biased)
+        bar.update(1)
+
+        def against(other: Fingerprint) -> tuple[Float64Array, float, list[int]]:
+            matrix = cka_matrix(victim_stack, _stack(other, method))
+            score, path = _aligned_score(matrix, victim.layers)
+            bar.update(1)
+            return matrix, score, path
+
+        matrix, score, path = against(suspect)
+        matrix_biased = cka_matrix(victim_biased, _stack(suspect, biased))
+        reference_rows = []
+        for reference in references:
+            _, ref_score, _ = against(reference)
+            reference_rows.append({**_describe(reference), "score": _clean(ref_score)})
+        positive_rows = []
+        for name, control in positive_controls:
+            _, control_score, _ = against(control)
+            positive_rows.append(
+                {"name": name, "digest": control.digest, "score": _clean(control_score)}
+            )
+
+    head_v, head_s = headline_layer(victim.layers), headline_layer(suspect.layers)
+    x_head, y_head = victim.layer(head_v), suspect.layer(head_s)
+    k, l = gram(x_head, method), gram(y_head, method)  # noqa: E741
+    sizes = curve_sizes(victim.num_samples)
+    curve = cka_curve(k, l, sizes, method.estimator)
+    low, high = bootstrap_curve(k, l, sizes, method.estimator, resamples=resamples, seed=seed)
+
+    calibration = null_calibration(
+        score, [r["score"] if r["score"] is not None else float("nan") for r in reference_rows]
+    )
+    verdict, reasons = decide(calibration, chosen_rule)
+    identical = victim.model_digest == suspect.model_digest
+    if identical:
+        reasons.insert(
+            0, "The suspect is the victim itself: both fingerprints name the same model digest."
+        )
+    best = [int(np.nanargmax(row)) if not np.all(np.isnan(row)) else 0 for row in matrix]
+    record: dict[str, Any] = {
+        "format": FINDINGS_FORMAT,
+        "format_version": FINDINGS_VERSION,
+        "tool": {"name": "reef-forensics", "version": __version__},
+        "created": created_timestamp(),
+        "verdict": verdict,
+        "score": _clean(score),
+        "statistic": "mean linear-debiased CKA along the monotone alignment path over the victim's blocks",
+        "p_value": _clean(calibration.parametric_p)
+        if calibration.parametric_p is not None
+        else None,
+        "p_value_reason": calibration.reason,
+        "empirical_p_value": _clean(calibration.empirical_p)
+        if calibration.empirical_p is not None
+        else None,
+        "panel_size": calibration.panel_size,
+        "null": {
+            "mean": _clean(calibration.null_mean) if calibration.null_mean is not None else None,
+            "sd_fisher_z": _clean(calibration.null_sd_z)
+            if calibration.null_sd_z is not None
+            else None,
+        },
+        "decision_rule": chosen_rule.as_json(),
+        "reasons": reasons,
+        "identical": identical,
+        "victim": _describe(victim),
+        "suspect": _describe(suspect),
+        "probes": {"digest": victim.probes_digest, "count": victim.num_samples},
+        "reef_layer": {"layer_a": head_v, "layer_b": head_s, "score": _clean(float(curve[-1]))},
+        "per_layer": {
+            "estimator": method.name,
+            "layers_victim": victim.layers,
+            "layers_suspect": suspect.layers,
+            "matrix": _matrix_json(matrix),
+            "matrix_biased": _matrix_json(matrix_biased),
+            "alignment": [
+                {"layer_a": a, "layer_b": suspect.layers[j], "score": _clean(matrix[i, j])}
+                for i, (a, j) in enumerate(zip(victim.layers, path, strict=True))
+            ],
+            "best_match": [
+                {"layer_a": a, "layer_b": suspect.layers[j], "score": _clean(matrix[i, j])}
+                for i, (a, j) in enumerate(zip(victim.layers, best, strict=True))
+            ],
+        },
+        "stability": [
+            {"n": n, "score": _clean(value), "low": _clean(lo), "high": _clean(hi)}
+            for n, value, lo, hi in zip(sizes, curve, low, high, strict=True)
+        ],
+        "stability_method": {
+            "layer_a": head_v,
+            "layer_b": head_s,
+            "resamples": resamples,
+            "level": 0.95,
+            "text": "CKA on the first n texts; bands: 2.5th and 97.5th percentiles over bootstrap resamples",
+        },
+        "controls": {
+            "invariance": invariance_controls(x_head, method, seed),
+            "positive": positive_rows,
+            "positive_skipped": skipped_positive_controls,
+            "negative": reference_rows,
+        },
+        "references": reference_rows,
+    }
+    return Findings(record)
+
+
+def as_fingerprint(
+    source: str | os.PathLike[str],
+    *,
+    probes_from: Fingerprint | None,
+    workdir: Path,
+    label: str,
+    probes: ProbeSet | None = None,
+    progress: bool = False,
+    **fingerprint_options: Any,
+) -> Fingerprint:
+    """A fingerprint directory as it is, or a model fingerprinted on the victim's probe texts."""
+    from .fingerprint import MANIFEST, read_fingerprint
+
+    path = Path(source)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        return read_fingerprint(path)
+    from .fingerprinting import fingerprint_model
+
+    if probes_from is not None:
+        probes = ProbeSet(name=str(probes_from.manifest["probes"]["name"]), texts=probes_from.texts)
+    return fingerprint_model(
+        path,
+        workdir / label,
+        probes=probes or load_probes(),
+        progress=progress,
+        overwrite=True,
+        **fingerprint_options,
+    )
+
+
+def check_paths(
+    victim: str | os.PathLike[str],
+    suspect: str | os.PathLike[str],
+    references: Sequence[str | os.PathLike[str]] = (),
+    *,
+    workdir: str | os.PathLike[str],
+    probes: ProbeSet | None = None,
+    resamples: int = 200,
+    rule: DecisionRule | None = None,
+    progress: bool = False,
+    **fingerprint_options: Any,
+) -> Findings:
+    """`check` on paths that are fingerprints or models (models are fingerprinted first, on the
+    victim's probe texts, into ``workdir``)."""
+    work = Path(workdir)
+    victim_fp = as_fingerprint(
+        victim,
+        probes_from=None,
+        workdir=work,
+        label="victim",
+        probes=probes,
+        progress=progress,
+        **fingerprint_options,
+    )
+    suspect_fp = as_fingerprint(
+        suspect,
+        probes_from=victim_fp,
+        workdir=work,
+        label="suspect",
+        progress=progress,
+        **fingerprint_options,
+    )
+    reference_fps = [
+        as_fingerprint(
+            r,
+            probes_from=victim_fp,
+            workdir=work,
+            label=f"reference-{i + 1}",
+            progress=progress,
+            **fingerprint_options,
+        )
+        for i, r in enumerate(references)
+    ]
+    skipped = (
+        "positive controls need the victim model (weight-space derivatives are made from it); "
+        "the victim was given as a fingerprint"
+    )
+    return check(
+        victim_fp,
+        suspect_fp,
+        reference_fps,
+        skipped_positive_controls=skipped,
+        rule=rule,
+        resamples=resamples,
+        progress=progress,
+    )

@@ -1,0 +1,240 @@
+"""The forensic check on synthetic representations with known answers, and its statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from reef_forensics import ComparisonError, read_fingerprint
+from reef_forensics.analysis import DecisionRule, check, decide, invariance_controls
+from reef_forensics.cka import CkaMethod, gram
+from reef_forensics.digests import canonical_json
+from reef_forensics.fingerprint import FingerprintWriter, layer_names
+from reef_forensics.probes import load_probes
+from reef_forensics.statistics import bootstrap_curve, fisher_z, null_calibration
+
+N, WIDTH, BLOCKS = 120, 24, 4
+TEXTS = load_probes().texts[:N]
+
+
+def synthetic(folder: Path, layers: list[np.ndarray], name: str) -> Path:
+    """A real fingerprint directory holding the given representations."""
+    from reef_forensics.digests import texts_digest
+
+    with FingerprintWriter(folder) as writer:
+        writer.start(layer_names(len(layers)), [x.shape[1] for x in layers], N)
+        writer.write_rows(np.arange(N), [x.astype(np.float32) for x in layers])
+        writer.commit(
+            TEXTS,
+            {
+                "tool": {"name": "reef-forensics", "version": "test"},
+                "created": "2026-01-01T00:00:00Z",
+                "model": {
+                    "name": name,
+                    "kind": "hf-directory",
+                    "digest": "sha256:" + name.encode().hex().ljust(64, "0")[:64],
+                    "files": [],
+                },
+                "probes": {"name": "synthetic", "digest": texts_digest(TEXTS), "count": N},
+                "extraction": {"pooling": "last"},
+            },
+        )
+    return folder
+
+
+def model_layers(seed: int, inputs: np.ndarray) -> list[np.ndarray]:
+    """A random 'network': each layer a nonlinear map of the previous one."""
+    rng = np.random.default_rng(seed)
+    layers, state = [inputs], inputs
+    for _ in range(BLOCKS):
+        state = np.tanh(state @ rng.normal(size=(WIDTH, WIDTH)) / math.sqrt(WIDTH))
+        layers.append(state)
+    return layers
+
+
+@pytest.fixture(scope="module")
+def panel(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("synthetic")
+    inputs = np.random.default_rng(100).normal(size=(N, WIDTH))  # the probe texts, embedded
+    victim = model_layers(1, inputs)
+    noise = np.random.default_rng(2)
+    derived = [x + 0.05 * noise.normal(size=x.shape) for x in victim]  # a lightly perturbed copy
+    made = {
+        "victim": synthetic(root / "victim", victim, "victim"),
+        "derived": synthetic(root / "derived", derived, "derived"),
+    }
+    for i in range(5):
+        made[f"ref{i}"] = synthetic(
+            root / f"ref{i}",
+            model_layers(10 + i, np.random.default_rng(200 + i).normal(size=(N, WIDTH))),
+            f"ref{i}",
+        )
+    made["unrelated"] = synthetic(
+        root / "unrelated",
+        model_layers(50, np.random.default_rng(300).normal(size=(N, WIDTH))),
+        "unrelated",
+    )
+    return made
+
+
+def load(panel: dict[str, Path], *names: str):  # type: ignore[no-untyped-def]
+    return [read_fingerprint(panel[n]) for n in names]
+
+
+def test_a_derived_copy_is_found_derived(panel: dict[str, Path]) -> None:
+    victim, derived, *refs = load(
+        panel, "victim", "derived", "ref0", "ref1", "ref2", "ref3", "ref4"
+    )
+    findings = check(victim, derived, refs, resamples=50).as_json()
+    assert findings["verdict"] == "derived", findings["reasons"]
+    assert findings["score"] > 0.95 and findings["p_value"] < 0.01
+    assert findings["empirical_p_value"] == pytest.approx(1 / 6)
+    assert findings["panel_size"] == 5 and len(findings["references"]) == 5
+
+
+def test_an_independent_model_is_found_unrelated(panel: dict[str, Path]) -> None:
+    victim, unrelated, *refs = load(
+        panel, "victim", "unrelated", "ref0", "ref1", "ref2", "ref3", "ref4"
+    )
+    findings = check(victim, unrelated, refs, resamples=50).as_json()
+    assert findings["verdict"] == "unrelated", findings["reasons"]
+    assert findings["p_value"] >= 0.05
+
+
+def test_fewer_than_three_references_is_inconclusive_with_numbers(panel: dict[str, Path]) -> None:
+    victim, derived, ref = load(panel, "victim", "derived", "ref0")
+    findings = check(victim, derived, [ref], resamples=20).as_json()
+    assert findings["verdict"] == "inconclusive"
+    assert "at least 3" in findings["reasons"][0]
+    assert findings["score"] > 0.95 and findings["p_value"] is None
+    assert findings["p_value_reason"] == "a parametric p-value needs at least 2 references"
+
+
+def test_findings_hold_the_documented_fields(panel: dict[str, Path]) -> None:
+    victim, derived, *refs = load(panel, "victim", "derived", "ref0", "ref1", "ref2")
+    findings = check(victim, derived, refs, resamples=20).as_json()
+    assert {
+        "verdict",
+        "score",
+        "p_value",
+        "reasons",
+        "victim",
+        "suspect",
+        "probes",
+        "per_layer",
+        "stability",
+        "controls",
+        "references",
+    } <= set(findings)
+    assert (
+        findings["victim"]["digest"] == victim.digest
+        and findings["suspect"]["digest"] == derived.digest
+    )
+    assert findings["probes"] == {"digest": victim.probes_digest, "count": N}
+    per_layer = findings["per_layer"]
+    assert per_layer["estimator"] == "linear-debiased"
+    assert len(per_layer["matrix"]) == BLOCKS + 1 and len(per_layer["matrix_biased"]) == BLOCKS + 1
+    assert [
+        a["layer_b"] for a in per_layer["alignment"]
+    ] == victim.layers  # same model shape: the diagonal
+    assert all({"n", "score", "low", "high"} == set(p) for p in findings["stability"])
+    assert findings["stability"][-1]["n"] == N
+    assert [c["score"] for c in findings["controls"]["invariance"]] == pytest.approx(
+        [1.0, 1.0, 1.0]
+    )
+    canonical_json(findings)  # no NaN, nothing JSON cannot hold
+
+
+def test_victim_against_itself_is_reported_identical(panel: dict[str, Path]) -> None:
+    victim, *refs = load(panel, "victim", "ref0", "ref1", "ref2")
+    findings = check(victim, victim, refs, resamples=20).as_json()
+    assert findings["identical"] is True and findings["score"] == pytest.approx(1.0)
+    assert "the victim itself" in findings["reasons"][0]
+
+
+def test_references_on_other_probe_texts_are_refused_by_name(
+    panel: dict[str, Path], tmp_path: Path
+) -> None:
+    from reef_forensics.digests import texts_digest
+
+    victim, derived = load(panel, "victim", "derived")
+    other = synthetic(
+        tmp_path / "other",
+        model_layers(9, np.random.default_rng(9).normal(size=(N, WIDTH))),
+        "other",
+    )
+    manifest = json.loads((other / "fingerprint.json").read_text())
+    assert manifest["probes"]["digest"] == texts_digest(TEXTS)
+    (other / "probes.jsonl").write_text(
+        "".join(json.dumps({"text": t + "!"}) + "\n" for t in TEXTS)
+    )
+    from reef_forensics.digests import sha256_file
+
+    manifest["probes"]["digest"] = texts_digest([t + "!" for t in TEXTS])
+    manifest["files"]["probes.jsonl"] = sha256_file(other / "probes.jsonl")
+    (other / "fingerprint.json").write_bytes(canonical_json(manifest))
+    with pytest.raises(
+        ComparisonError, match=rf"the reference {other} was fingerprinted on other probe texts"
+    ):
+        check(victim, derived, [read_fingerprint(other)])
+
+
+# --- the statistics themselves ------------------------------------------------------------
+
+
+def test_empirical_and_parametric_p_values_follow_their_definitions() -> None:
+    refs = [0.20, 0.25, 0.30, 0.35, 0.40]
+    calibration = null_calibration(0.33, refs)
+    assert calibration.empirical_p == pytest.approx((1 + 2) / 6)
+    z = fisher_z(refs)
+    expected = 1 - NormalDist(float(z.mean()), float(z.std(ddof=1))).cdf(float(fisher_z(0.33)))
+    assert calibration.parametric_p == pytest.approx(expected, rel=1e-9)
+    assert null_calibration(0.99, refs).parametric_p < 1e-6
+    assert null_calibration(float("nan"), refs).reason == "the suspect's score is undefined"
+    assert null_calibration(0.5, []).reason == "no reference models were given"
+
+
+@pytest.mark.parametrize(
+    ("score", "refs", "verdict"),
+    [
+        (0.95, [0.30, 0.35, 0.40], "derived"),
+        (0.35, [0.30, 0.35, 0.40], "unrelated"),
+        (0.95, [0.30, 0.35], "inconclusive"),  # too few references
+        (0.43, [0.30, 0.35, 0.40, 0.38], "inconclusive"),  # unusual, but no margin over the panel
+        (float("nan"), [0.30, 0.35, 0.40], "inconclusive"),
+    ],
+)
+def test_decision_rule(score: float, refs: list[float], verdict: str) -> None:
+    decided, reasons = decide(null_calibration(score, refs), DecisionRule())
+    assert decided == verdict and reasons
+
+
+def test_bootstrap_band_brackets_the_estimate_and_narrows_with_more_samples() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 10))
+    y = x @ rng.normal(size=(10, 8)) + rng.normal(size=(300, 8))
+    method = CkaMethod()
+    k, l = gram(x, method), gram(y, method)  # noqa: E741
+    sizes = [20, 100, 300]
+    low, high = bootstrap_curve(k, l, sizes, resamples=200, seed=1)
+    from reef_forensics.cka import cka_curve
+
+    curve = cka_curve(k, l, sizes)
+    assert np.all(low <= curve + 0.05) and np.all(curve - 0.05 <= high)
+    widths = high - low
+    assert widths[0] > widths[1] > widths[2] > 0
+    same_low, same_high = bootstrap_curve(k, k, sizes, resamples=30)
+    np.testing.assert_allclose([same_low, same_high], 1.0, atol=1e-9)
+
+
+def test_invariance_controls_score_one() -> None:
+    x = np.random.default_rng(5).normal(size=(50, 12))
+    for method in (CkaMethod(), CkaMethod(standardize=True), CkaMethod(kernel="rbf")):
+        assert [c["score"] for c in invariance_controls(x, method)] == pytest.approx(
+            [1.0, 1.0, 1.0]
+        )

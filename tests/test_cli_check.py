@@ -1,0 +1,118 @@
+"""reef-forensics check from the command line, on fingerprints and on models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reef_forensics.cli import main
+from reef_forensics.keys import generate_keys
+from reef_forensics.toy_models import make_model
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory: pytest.TempPathFactory, probes) -> list[Path]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("refs")
+    return [
+        make_model(root / f"ref{i}", probes.texts, family="llama", seed=100 + i) for i in range(3)
+    ]
+
+
+def test_check_on_models_finds_the_derivative_and_signs_the_findings(
+    capsys: pytest.CaptureFixture[str],
+    zoo: dict[str, Path],
+    references: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REEF_KEY_PASSPHRASE", "check-test")
+    keys = generate_keys(tmp_path / "keys", b"check-test")
+    refs = [arg for r in references for arg in ("--reference", r)]
+    code, out, err = run_cli(
+        capsys, "check", "--victim", zoo["victim"], "--suspect", zoo["derived"], *refs,
+        "--probes", "builtin:qa", "--resamples", "20", "--out", tmp_path / "findings", "--key", keys.private_key,
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.startswith("VERDICT: derived")
+    record = json.loads((tmp_path / "findings" / "findings.json").read_text())
+    assert record["verdict"] == "derived" and record["probes"]["count"] == 440
+    assert record["controls"]["positive_skipped"]
+    code, out, _ = run_cli(capsys, "verify", tmp_path / "findings", "--key", keys.public_key)
+    assert code == 0 and "ok    findings consistency" in out
+    (tmp_path / "findings" / "findings.json").write_text(
+        json.dumps({**record, "verdict": "unrelated"})
+    )
+    code, out, _ = run_cli(capsys, "verify", tmp_path / "findings", "--key", keys.public_key)
+    assert code == 1 and "FAIL  file findings.json" in out
+
+
+def test_check_on_fingerprints_with_json_to_stdout(
+    capsys: pytest.CaptureFixture[str], fingerprints: dict[str, Path]
+) -> None:
+    code, out, _ = run_cli(
+        capsys, "check", "--victim", fingerprints["victim"], "--suspect", fingerprints["unrelated"],
+        "--reference", fingerprints["bert"], "--resamples", "10", "--json", "-",
+    )  # fmt: skip
+    assert code == 0
+    record = json.loads(out)
+    assert record["verdict"] == "inconclusive" and record["panel_size"] == 1
+    assert record["references"][0]["digest"].startswith("sha256:")
+
+
+def test_check_bad_inputs(
+    capsys: pytest.CaptureFixture[str],
+    fingerprints: dict[str, Path],
+    zoo: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    cases = [
+        (["--victim", tmp_path / "none", "--suspect", fingerprints["victim"]], "model not found"),
+        (
+            [
+                "--victim",
+                fingerprints["victim"],
+                "--suspect",
+                fingerprints["derived"],
+                "--resamples",
+                "3",
+            ],
+            "--resamples must be at least 10",
+        ),
+        (
+            [
+                "--victim",
+                fingerprints["victim"],
+                "--suspect",
+                fingerprints["derived"],
+                "--probes",
+                "builtin:qa",
+            ],
+            "--probes applies only when the victim is a model",
+        ),
+        (
+            [
+                "--victim",
+                fingerprints["victim"],
+                "--suspect",
+                zoo["victim"],
+                "--reference",
+                fingerprints["bert"],
+                "--reference",
+                fingerprints["bert"],
+            ],
+            "twice",
+        ),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(capsys, "check", *args)
+        assert code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, err)
