@@ -83,6 +83,11 @@ class DecisionRule:
         }
 
 
+def format_p(p: float) -> str:
+    """A probability for people: two significant digits, and no false zero."""
+    return "< 1e-16" if p < 1e-16 else f"{p:.2g}"
+
+
 def decide(calibration: NullCalibration, rule: DecisionRule) -> tuple[str, list[str]]:
     """The verdict and the sentences that explain it."""
     score, refs = calibration.score, calibration.references
@@ -105,19 +110,19 @@ def decide(calibration: NullCalibration, rule: DecisionRule) -> tuple[str, list[
         return "derived", [
             described,
             f"A score this high would be expected from an independent model with probability "
-            f"{p:.2g} (below the threshold {rule.alpha}), and it exceeds every reference by "
+            f"{format_p(p)} (below the threshold {rule.alpha}), and it exceeds every reference by "
             f"{score - highest:.3f}. The suspect's representations match the victim's far more "
             "closely than independent models do: the evidence indicates it was derived from it.",
         ]
     if p >= rule.unrelated_alpha:
         return "unrelated", [
             described,
-            f"Independent models reach a score like this with probability {p:.2g}, so the "
+            f"Independent models reach a score like this with probability {format_p(p)}, so the "
             "similarity is what unrelated models show: no evidence of derivation was found.",
         ]
     return "inconclusive", [
         described,
-        f"The score is unusual for an independent model (probability {p:.2g}) but does not meet "
+        f"The score is unusual for an independent model (probability {format_p(p)}) but does not meet "
         f"the bar for a finding of derivation (probability below {rule.alpha} and a margin of "
         f"{rule.margin} over every reference). More references or probe texts may settle it.",
     ]
@@ -236,6 +241,7 @@ def check(
     *,
     positive_controls: Sequence[tuple[str, Fingerprint]] = (),
     skipped_positive_controls: str | None = None,
+    positive_skips: Sequence[dict[str, str]] = (),
     rule: DecisionRule | None = None,
     resamples: int = 200,
     seed: int = 0,
@@ -289,6 +295,7 @@ def check(
             positive_rows.append(
                 {"name": name, "digest": control.digest, "score": _clean(control_score)}
             )
+        positive_rows.extend(dict(skip) for skip in positive_skips)
 
     head_v, head_s = headline_layer(victim.layers), headline_layer(suspect.layers)
     x_head, y_head = victim.layer(head_v), suspect.layer(head_s)
@@ -413,6 +420,9 @@ def check_paths(
     resamples: int = 200,
     rule: DecisionRule | None = None,
     progress: bool = False,
+    positive_controls: bool = True,
+    victim_model: str | os.PathLike[str] | None = None,
+    merge_with_model: str | os.PathLike[str] | None = None,
     **fingerprint_options: Any,
 ) -> Findings:
     """`check` on paths that are fingerprints or models (models are fingerprinted first, on the
@@ -446,16 +456,94 @@ def check_paths(
         )
         for i, r in enumerate(references)
     ]
-    skipped = (
-        "positive controls need the victim model (weight-space derivatives are made from it); "
-        "the victim was given as a fingerprint"
-    )
+    controls: list[tuple[str, Fingerprint]] = []
+    skips: list[dict[str, str]] = []
+    skipped: str | None = None
+    if not positive_controls:
+        skipped = "positive controls were not asked for"
+    elif Path(victim, "fingerprint.json").is_file() and victim_model is None:
+        skipped = (
+            "positive controls need the victim model (weight-space derivatives are made from it); "
+            "the victim was given as a fingerprint without --victim-model"
+        )
+    else:
+        controls, skips = make_positive_controls(
+            victim_model or victim,
+            victim_fp,
+            work,
+            merge_with_model=merge_with_model,
+            **fingerprint_options,
+        )
     return check(
         victim_fp,
         suspect_fp,
         reference_fps,
+        positive_controls=controls,
+        positive_skips=skips,
         skipped_positive_controls=skipped,
         rule=rule,
         resamples=resamples,
         progress=progress,
     )
+
+
+def make_positive_controls(
+    victim_model: str | os.PathLike[str],
+    victim_fp: Fingerprint,
+    workdir: Path,
+    *,
+    merge_with_model: str | os.PathLike[str] | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+    **_: Any,
+) -> tuple[list[tuple[str, Fingerprint]], list[dict[str, str]]]:
+    """Fingerprints of weight-space derivatives of the victim, on the victim's probe texts."""
+    from .derivatives import Unsupported, standard_derivations
+    from .digests import sha256_json
+    from .fingerprinting import fingerprint_loaded
+    from .models import ModelDigest, load_model, resolve_model
+
+    source = resolve_model(
+        victim_model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+    )
+    partner = None
+    if merge_with_model is not None:
+        partner_source = resolve_model(
+            merge_with_model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+        )
+        partner = load_model(
+            partner_source, device=device, trust_remote_code=trust_remote_code
+        ).model
+    probes = ProbeSet(name=str(victim_fp.manifest["probes"]["name"]), texts=victim_fp.texts)
+    made: list[tuple[str, Fingerprint]] = []
+    skipped: list[dict[str, str]] = []
+    for index, derivation in enumerate(standard_derivations(list(victim_fp.texts), partner)):
+        loaded = load_model(source, device=device, trust_remote_code=trust_remote_code)
+        try:
+            derivation.apply(loaded, index + 1)
+        except Unsupported as exc:
+            skipped.append({"name": derivation.name, "skipped": str(exc)})
+            continue
+        digest = ModelDigest(
+            digest=sha256_json(
+                {
+                    "derived_from": victim_fp.model_digest,
+                    "derivation": derivation.name,
+                    "seed": index + 1,
+                }
+            ),
+            files=(),
+        )
+        fingerprint = fingerprint_loaded(
+            loaded,
+            digest,
+            workdir / f"positive-control-{index + 1}",
+            probes=probes,
+            pooling=victim_fp.pooling,  # type: ignore[arg-type]
+            max_length=int(victim_fp.manifest["extraction"].get("max_length", 512)),
+            device=device,
+            overwrite=True,
+        )
+        made.append((derivation.name, fingerprint))
+    return made, skipped

@@ -218,6 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust-remote-code", action="store_true", help="allow the models' own code to run"
     )
     chk.add_argument("--device", default="cpu", help="device for models given (default cpu)")
+    chk.add_argument(
+        "--victim-model",
+        metavar="MODEL",
+        help="the victim model, when --victim is its fingerprint: positive controls are made from it",
+    )
+    chk.add_argument(
+        "--merge-with",
+        metavar="MODEL",
+        help="a second model of the victim's architecture: adds a merge control",
+    )
+    chk.add_argument(
+        "--no-positive-controls",
+        dest="positive_controls",
+        action="store_false",
+        help="skip the weight-space derivatives of the victim (faster)",
+    )
     _add_signing_options(chk, required=False)
     _add_output_options(chk)
     chk.set_defaults(handler=_cmd_check)
@@ -435,7 +451,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .analysis import check_paths
+    from .analysis import check_paths, format_p
 
     if args.resamples < 10:
         raise BadInputError(f"--resamples must be at least 10, got {args.resamples}")
@@ -461,6 +477,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
             workdir=scratch,
             probes=probes,
             resamples=args.resamples,
+            positive_controls=args.positive_controls,
+            victim_model=args.victim_model,
+            merge_with_model=args.merge_with,
             progress=_show_progress(args),
             **options,
         )
@@ -477,7 +496,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"score {record['score']:.4f} ({record['statistic']})"
             if record["score"] is not None
             else "score: undefined",
-            f"p-value {p:.3g} against {record['panel_size']} reference model(s)"
+            f"p-value {format_p(p)} against {record['panel_size']} reference model(s)"
             if p is not None
             else f"p-value: none ({record['p_value_reason']})",
             *[f"  {reason}" for reason in record["reasons"]],

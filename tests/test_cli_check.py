@@ -44,7 +44,12 @@ def test_check_on_models_finds_the_derivative_and_signs_the_findings(
     assert out.startswith("VERDICT: derived")
     record = json.loads((tmp_path / "findings" / "findings.json").read_text())
     assert record["verdict"] == "derived" and record["probes"]["count"] == 440
-    assert record["controls"]["positive_skipped"]
+    positive = {c["name"]: c for c in record["controls"]["positive"]}
+    assert record["controls"]["positive_skipped"] is None and len(positive) == 4
+    assert positive["MLP hidden-unit permutation (function-preserving)"]["score"] == pytest.approx(
+        1.0, abs=1e-6
+    )
+    assert all(c["score"] > 0.8 for c in positive.values())  # every derivative reads as derived
     code, out, _ = run_cli(capsys, "verify", tmp_path / "findings", "--key", keys.public_key)
     assert code == 0 and "ok    findings consistency" in out
     (tmp_path / "findings" / "findings.json").write_text(
