@@ -121,3 +121,63 @@ def test_check_bad_inputs(
         assert code == 2, (args, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, err)
+
+
+def test_nan_in_a_fingerprint_is_a_clear_error_not_a_number(
+    capsys: pytest.CaptureFixture[str], fingerprints: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from reef_forensics.digests import canonical_json, sha256_file
+
+    target = tmp_path / "nan"
+    shutil.copytree(fingerprints["derived"], target)
+    tensors = load_file(target / "representations.safetensors")
+    tensors["block_3"][0, 0] = np.nan
+    save_file(tensors, target / "representations.safetensors")
+    manifest = json.loads((target / "fingerprint.json").read_text())
+    manifest["files"]["representations.safetensors"] = sha256_file(
+        target / "representations.safetensors"
+    )
+    (target / "fingerprint.json").write_bytes(canonical_json(manifest))
+    code, out, err = run_cli(
+        capsys,
+        "check",
+        "--victim",
+        fingerprints["victim"],
+        "--suspect",
+        target,
+        "--resamples",
+        "10",
+    )
+    assert code == 2 and out == ""
+    assert "'block_3' holds NaN or infinite values" in err.strip()
+
+
+def test_a_suspect_whose_tokenizer_cannot_encode_the_probes_is_refused(
+    capsys: pytest.CaptureFixture[str], zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    probes = tmp_path / "p.jsonl"
+    probes.write_text(
+        "".join(
+            json.dumps({"text": t}) + "\n"
+            for t in [f"text number {i}" for i in range(12)] + ["\x07\x07"]
+        )
+    )
+    code, _, err = run_cli(
+        capsys,
+        "check",
+        "--victim",
+        zoo["victim"],
+        "--suspect",
+        zoo["bert"],
+        "--probes",
+        probes,
+        "--no-positive-controls",
+        "--resamples",
+        "10",
+    )
+    assert code == 2 and "tokenizes to nothing" in err
