@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_extraction import prepare_model
 
 from reef_forensics import load_model, load_probes, model_digest, read_fingerprint, resolve_model
-from reef_forensics.analysis import check
+from reef_forensics.analysis import check, format_p
 from reef_forensics.derivatives import other_text, permute_mlp, prune_magnitude
 from reef_forensics.digests import sha256_json
 from reef_forensics.fingerprint import Fingerprint
@@ -274,7 +274,7 @@ def main() -> None:
     }
     print(f"{'suspect':<38}{'truth':<11}{'score':>8}{'REEF layer':>12}{'p-value':>11}   verdict")
     for r in rows:
-        p = "n/a" if r["p_value"] is None else f"{r['p_value']:.2g}"
+        p = "n/a" if r["p_value"] is None else format_p(r["p_value"])
         print(
             f"{r['suspect']:<38}{r['truth']:<11}{r['score']:>8.4f}{r['reef_layer_score']:>12.4f}{p:>11}   {r['verdict']}"
         )

@@ -1,0 +1,59 @@
+"""How much unstructured magnitude pruning breaks the accuracy benchmark's victim.
+
+    python bench/pruning_perplexity.py [MODEL_DIR]
+
+MODEL_DIR defaults to the dequantized SmolLM2-135M-Instruct that bench/bench_extraction.py and
+bench/accuracy.py write under bench/output/models/. Prints the next-token loss and perplexity
+on the first 60 built-in probe texts, unpruned and with 30% and 50% of every block weight
+matrix zeroed (the same pruning as the benchmark's derived suspects).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from reef_forensics import load_probes
+
+DEFAULT = Path(__file__).parent / "output" / "models" / "SmolLM2-135M-Instruct.Q4_1"
+
+
+def mean_loss(model: torch.nn.Module, tokenizer: object, texts: list[str]) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt").input_ids  # type: ignore[operator]
+            tokens = ids.shape[1] - 1
+            total += model(ids, labels=ids).loss.item() * tokens
+            count += tokens
+    return total / count
+
+
+def main() -> None:
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    texts = list(load_probes().texts[:60])
+    for fraction in (0.0, 0.3, 0.5):
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if (
+                    fraction
+                    and parameter.ndim == 2
+                    and "embed" not in name
+                    and "lm_head" not in name
+                ):
+                    threshold = (
+                        parameter.abs().flatten().kthvalue(int(fraction * parameter.numel())).values
+                    )
+                    parameter.masked_fill_(parameter.abs() <= threshold, 0.0)
+        loss = mean_loss(model, tokenizer, texts)
+        print(f"pruned {fraction:.0%}: loss {loss:.2f}, perplexity {math.exp(loss):.1f}")
+
+
+if __name__ == "__main__":
+    main()
