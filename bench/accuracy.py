@@ -115,6 +115,45 @@ def fine_tuned_victim(victim_dir: Path, steps: int, texts: list[str]) -> Path:
     return out
 
 
+def wanda_prune(fraction: float, texts: list[str]) -> Callable[[LoadedModel, int], None]:
+    """Wanda pruning (Sun et al. 2023, what REEF's pruned models used): in every block weight
+    matrix, drop the ``fraction`` of weights with the smallest |W_ij| * ||x_j|| in each output
+    row, x being the layer's inputs on calibration text (here: other text, not the probes)."""
+
+    def apply(loaded: LoadedModel, seed: int) -> None:
+        model, tokenizer = loaded.model, loaded.tokenizer
+        linears = {
+            n: m
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and "layers." in n
+        }
+        norms: dict[str, torch.Tensor] = {}
+
+        def record(name: str) -> Callable[..., None]:
+            def hook(_module: Any, inputs: tuple[torch.Tensor, ...], _output: Any) -> None:
+                x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
+                norms[name] = norms.get(name, torch.zeros(x.shape[-1])) + (x * x).sum(dim=0)
+
+            return hook
+
+        handles = [module.register_forward_hook(record(name)) for name, module in linears.items()]
+        try:
+            with torch.inference_mode():
+                for text in other_text(texts, seed=seed + 1000)[:64]:
+                    model(**tokenizer(text, return_tensors="pt"))
+        finally:
+            for handle in handles:
+                handle.remove()
+        with torch.no_grad():
+            for name, module in linears.items():
+                score = module.weight.abs() * norms[name].sqrt()[None, :]
+                keep = int(score.shape[1] * fraction)
+                drop = torch.topk(score, keep, dim=1, largest=False).indices
+                module.weight.scatter_(1, drop, 0.0)
+
+    return apply
+
+
 def drop_blocks(loaded: LoadedModel, _: int) -> None:
     """Remove two blocks (a third and two thirds of the way down)."""
     layers = loaded.model.layers
@@ -222,6 +261,8 @@ def main() -> None:
         f"fine-tune ({args.finetune_steps} steps)": lambda loaded, _: None,
         "30% magnitude pruning": lambda loaded, s: prune_magnitude(loaded, s, 0.3),
         "50% magnitude pruning": lambda loaded, s: prune_magnitude(loaded, s, 0.5),
+        "30% Wanda pruning": wanda_prune(0.3, texts),
+        "50% Wanda pruning": wanda_prune(0.5, texts),
         "2 blocks dropped": drop_blocks,
         "MLP permutation": permute_mlp,
         "MLP rescaling (x4 / ÷4)": rescale_mlps,

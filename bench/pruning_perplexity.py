@@ -5,7 +5,7 @@
 MODEL_DIR defaults to the dequantized SmolLM2-135M-Instruct that bench/bench_extraction.py and
 bench/accuracy.py write under bench/output/models/. Prints the next-token loss and perplexity
 on the first 60 built-in probe texts, unpruned and with 30% and 50% of every block weight
-matrix zeroed (the same pruning as the benchmark's derived suspects).
+matrix zeroed by magnitude and by Wanda (the same pruning as the benchmark's derived suspects).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -37,22 +38,25 @@ def main() -> None:
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
     tokenizer = AutoTokenizer.from_pretrained(folder)
     texts = list(load_probes().texts[:60])
-    for fraction in (0.0, 0.3, 0.5):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from accuracy import wanda_prune
+
+    all_texts = list(load_probes().texts)
+    runs = (("none", 0.0), ("magnitude", 0.3), ("magnitude", 0.5), ("Wanda", 0.3), ("Wanda", 0.5))
+    for method, fraction in runs:
         model = AutoModelForCausalLM.from_pretrained(folder).eval()
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if (
-                    fraction
-                    and parameter.ndim == 2
-                    and "embed" not in name
-                    and "lm_head" not in name
-                ):
-                    threshold = (
-                        parameter.abs().flatten().kthvalue(int(fraction * parameter.numel())).values
-                    )
-                    parameter.masked_fill_(parameter.abs() <= threshold, 0.0)
+        if method == "magnitude":
+            with torch.no_grad():
+                for name, parameter in model.named_parameters():
+                    if parameter.ndim == 2 and "embed" not in name and "lm_head" not in name:
+                        count = int(fraction * parameter.numel())
+                        threshold = parameter.abs().flatten().kthvalue(count).values
+                        parameter.masked_fill_(parameter.abs() <= threshold, 0.0)
+        elif method == "Wanda":
+            base = SimpleNamespace(model=model.model, tokenizer=tokenizer)
+            wanda_prune(fraction, all_texts)(base, 1)  # type: ignore[arg-type]
         loss = mean_loss(model, tokenizer, texts)
-        print(f"pruned {fraction:.0%}: loss {loss:.2f}, perplexity {math.exp(loss):.1f}")
+        print(f"{method} pruning {fraction:.0%}: loss {loss:.2f}, perplexity {math.exp(loss):.1f}")
 
 
 if __name__ == "__main__":
