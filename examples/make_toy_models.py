@@ -3,7 +3,8 @@
 All three are tiny random-init Llama-style decoders with a tokenizer trained on the built-in
 probe texts (there is no model hub here). The derivative is the victim with Gaussian weight
 noise (10% of each tensor's spread) and 30% magnitude pruning; the unrelated model has the same
-architecture and tokenizer but independent weights.
+architecture and tokenizer but independent weights, and so do the three reference models that
+calibrate the verdict of `reef-forensics check`.
 
     python examples/make_toy_models.py DIR
 """
@@ -22,7 +23,9 @@ def main(out: Path) -> None:
     victim = make_model(out / "victim", texts, family="llama", seed=0)
     derive(victim, out / "suspect-derived", noise=0.1, prune=0.3)
     make_model(out / "suspect-unrelated", texts, family="llama", seed=7)
-    print(f"models written to {out}: victim, suspect-derived, suspect-unrelated")
+    for seed in (11, 12, 13):  # the independent reference panel that calibrates a verdict
+        make_model(out / f"reference-{seed}", texts, family="llama", seed=seed)
+    print(f"models written to {out}: victim, suspect-derived, suspect-unrelated, reference-11..13")
 
 
 if __name__ == "__main__":
