@@ -46,6 +46,10 @@ from reef_forensics.toy_models import make_model
 CACHE = Path(__file__).parent / "output" / "accuracy"
 
 
+def number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -317,7 +321,7 @@ def main() -> None:
     for r in rows:
         p = "n/a" if r["p_value"] is None else format_p(r["p_value"])
         print(
-            f"{r['suspect']:<38}{r['truth']:<11}{r['score']:>8.4f}{r['reef_layer_score']:>12.4f}{p:>11}   {r['verdict']}"
+            f"{r['suspect']:<38}{r['truth']:<11}{number(r['score']):>8}{number(r['reef_layer_score']):>12}{p:>11}   {r['verdict']}"
         )
     print("\nconfusion (rows: truth, columns: verdict):")
     for truth, counts in confusion.items():

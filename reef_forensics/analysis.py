@@ -43,7 +43,7 @@ from .cka import (
 )
 from .comparison import headline_layer
 from .digests import canonical_json
-from .errors import BadInputError, ComparisonError
+from .errors import BadInputError, ComparisonError, first_line
 from .fingerprint import EMBEDDINGS_LAYER, Fingerprint, created_timestamp, replace_directory
 from .probes import ProbeSet, load_probes
 from .statistics import NullCalibration, bootstrap_curve, null_calibration
@@ -67,6 +67,14 @@ class DecisionRule:
     unrelated_alpha: float = 0.05
     margin: float = 0.05
     min_references: int = 3
+
+    def __post_init__(self) -> None:
+        if self.min_references < 3:
+            raise ValueError("a verdict needs at least 3 references: min_references must be >= 3")
+        if not 0 < self.alpha <= self.unrelated_alpha < 1:
+            raise ValueError("need 0 < alpha <= unrelated_alpha < 1")
+        if self.margin < 0:
+            raise ValueError("the margin cannot be negative")
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -105,7 +113,8 @@ def decide(calibration: NullCalibration, rule: DecisionRule) -> tuple[str, list[
         f"The suspect scores {score:.3f}. The {len(refs)} independent reference models score "
         f"{min(refs):.3f} to {highest:.3f} against the same victim."
     )
-    assert p is not None
+    if p is None:
+        return "inconclusive", [described, f"No p-value could be computed: {calibration.reason}."]
     if p < rule.alpha and score >= highest + rule.margin:
         return "derived", [
             described,
@@ -131,6 +140,13 @@ def decide(calibration: NullCalibration, rule: DecisionRule) -> tuple[str, list[
 FINDINGS_FILE = "findings.json"
 
 
+def findings_directory(folder: Path) -> bool:
+    """True for a directory holding a findings record and at most its signature, nothing else:
+    the only kind `--overwrite` may replace."""
+    names = {entry.name for entry in folder.iterdir()} if folder.is_dir() else {"(not a directory)"}
+    return FINDINGS_FILE in names and names <= {FINDINGS_FILE, "model.sig"}
+
+
 @dataclass
 class Findings:
     """Everything `check` measured, and the verdict; `as_json` is the signed record."""
@@ -145,9 +161,7 @@ class Findings:
         folder = Path(out)
         if folder.exists() and not overwrite:
             raise BadInputError(f"{folder} already exists (pass --overwrite to replace it)")
-        if folder.exists() and (
-            not (folder / FINDINGS_FILE).is_file() or any(p.is_dir() for p in folder.iterdir())
-        ):
+        if folder.exists() and not findings_directory(folder):
             raise BadInputError(
                 f"{folder} exists and is not a findings directory: refusing to replace it"
             )
@@ -184,11 +198,19 @@ def _stack(fingerprint: Fingerprint, method: CkaMethod) -> Float64Array:
     )
 
 
-def _aligned_score(matrix: Float64Array, layers_a: list[str]) -> tuple[float, list[int]]:
-    path = monotone_alignment(matrix)
-    blocks = [i for i, name in enumerate(layers_a) if name != EMBEDDINGS_LAYER] or list(
-        range(len(layers_a))
-    )
+def _aligned_score(
+    matrix: Float64Array, layers_a: list[str], layers_b: list[str]
+) -> tuple[float, list[int]]:
+    """The verdict statistic: mean CKA along the monotone alignment, blocks only on both sides
+    (models that share a tokenizer share their embedding geometry; it is not evidence)."""
+    blocks = [i for i, name in enumerate(layers_a) if name != EMBEDDINGS_LAYER]
+    if not blocks or all(name == EMBEDDINGS_LAYER for name in layers_b):
+        raise ComparisonError("a fingerprint without transformer blocks cannot be checked")
+    columns = [j for j, name in enumerate(layers_b) if name != EMBEDDINGS_LAYER]
+    aligned = monotone_alignment(matrix[np.ix_(blocks, columns)])
+    path = [0] * len(layers_a)  # an embeddings row pairs with the other side's embeddings
+    for row, column in zip(blocks, aligned, strict=True):
+        path[row] = columns[column]
     values = [matrix[i, path[i]] for i in blocks]
     return (float(np.mean(values)) if not np.any(np.isnan(values)) else float("nan")), path
 
@@ -261,12 +283,15 @@ def check(
                 f"the {role} was fingerprinted on other probe texts ({other.probes_digest[:19]}...) "
                 f"than the victim ({victim.probes_digest[:19]}...): fingerprint it on the victim's probe set"
             )
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {
+        victim.model_digest: "the victim",
+        suspect.model_digest: "the suspect",
+    }
     for reference in references:
         if reference.model_digest in seen:
             raise ComparisonError(
-                f"the same reference model is given twice ({seen[reference.model_digest]} and "
-                f"{reference.path}): references must be independent models"
+                f"the reference {reference.path} is the same model as {seen[reference.model_digest]}: "
+                "references must be models independent of the victim, the suspect and each other"
             )
         seen[reference.model_digest] = str(reference.path)
     total = 2 + len(references) + len(positive_controls)
@@ -279,7 +304,7 @@ def check(
 
         def against(other: Fingerprint) -> tuple[Float64Array, float, list[int]]:
             matrix = cka_matrix(victim_stack, _stack(other, method))
-            score, path = _aligned_score(matrix, victim.layers)
+            score, path = _aligned_score(matrix, victim.layers, other.layers)
             bar.update(1)
             return matrix, score, path
 
@@ -502,11 +527,17 @@ def make_positive_controls(
     from .derivatives import Unsupported, standard_derivations
     from .digests import sha256_json
     from .fingerprinting import fingerprint_loaded
-    from .models import ModelDigest, load_model, resolve_model
+    from .models import ModelDigest, load_model, model_digest, resolve_device, resolve_model
 
+    device = resolve_device(device)
     source = resolve_model(
         victim_model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
     )
+    if model_digest(source).digest != victim_fp.model_digest:
+        raise ComparisonError(
+            f"{victim_model} is not the model the victim fingerprint was made from (model digests "
+            "differ): positive controls must be derived from the victim itself"
+        )
     partner = None
     if merge_with_model is not None:
         partner_source = resolve_model(
@@ -519,31 +550,35 @@ def make_positive_controls(
     made: list[tuple[str, Fingerprint]] = []
     skipped: list[dict[str, str]] = []
     for index, derivation in enumerate(standard_derivations(list(victim_fp.texts), partner)):
-        loaded = load_model(source, device=device, trust_remote_code=trust_remote_code)
         try:
+            loaded = load_model(source, device=device, trust_remote_code=trust_remote_code)
             derivation.apply(loaded, index + 1)
+            digest = ModelDigest(
+                digest=sha256_json(
+                    {
+                        "derived_from": victim_fp.model_digest,
+                        "derivation": derivation.name,
+                        "seed": index + 1,
+                    }
+                ),
+                files=(),
+            )
+            fingerprint = fingerprint_loaded(
+                loaded,
+                digest,
+                workdir / f"positive-control-{index + 1}",
+                probes=probes,
+                pooling=victim_fp.pooling,  # type: ignore[arg-type]
+                max_length=int(victim_fp.manifest["extraction"].get("max_length", 512)),
+                padding_side=victim_fp.manifest["extraction"].get("padding_side", "right"),
+                device=device,
+                overwrite=True,
+            )
         except Unsupported as exc:
             skipped.append({"name": derivation.name, "skipped": str(exc)})
             continue
-        digest = ModelDigest(
-            digest=sha256_json(
-                {
-                    "derived_from": victim_fp.model_digest,
-                    "derivation": derivation.name,
-                    "seed": index + 1,
-                }
-            ),
-            files=(),
-        )
-        fingerprint = fingerprint_loaded(
-            loaded,
-            digest,
-            workdir / f"positive-control-{index + 1}",
-            probes=probes,
-            pooling=victim_fp.pooling,  # type: ignore[arg-type]
-            max_length=int(victim_fp.manifest["extraction"].get("max_length", 512)),
-            device=device,
-            overwrite=True,
-        )
+        except Exception as exc:  # a control that fails is reported, never fatal to the check
+            skipped.append({"name": derivation.name, "skipped": f"failed: {first_line(exc)}"})
+            continue
         made.append((derivation.name, fingerprint))
     return made, skipped

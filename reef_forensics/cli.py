@@ -451,13 +451,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .analysis import check_paths, format_p
+    from .analysis import check_paths, findings_directory, format_p
 
-    if args.resamples < 10:
-        raise BadInputError(f"--resamples must be at least 10, got {args.resamples}")
+    if args.resamples < 200:
+        raise BadInputError(f"--resamples must be at least 200, got {args.resamples}")
     signer = _signer_from_args(args)
-    if args.out and Path(args.out).exists() and not args.overwrite:
-        raise BadInputError(f"{args.out} already exists (pass --overwrite to replace it)")
+    if args.out and Path(args.out).exists():
+        if not args.overwrite:
+            raise BadInputError(f"{args.out} already exists (pass --overwrite to replace it)")
+        if not findings_directory(Path(args.out)):
+            raise BadInputError(
+                f"{args.out} exists and is not a findings directory: refusing to replace it"
+            )
     options: dict[str, Any] = {
         "allow_pickle": args.allow_pickle,
         "trust_remote_code": args.trust_remote_code,

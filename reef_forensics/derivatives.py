@@ -109,9 +109,8 @@ def add_noise(loaded: LoadedModel, seed: int, relative_std: float = NOISE_RELATI
         for parameter in loaded.model.parameters():
             if parameter.numel() > 1 and parameter.is_floating_point():
                 noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
-                parameter.add_(
-                    (noise * relative_std * float(parameter.float().std())).to(parameter.dtype)
-                )
+                scaled = noise * relative_std * float(parameter.float().std())
+                parameter.add_(scaled.to(device=parameter.device, dtype=parameter.dtype))
 
 
 def other_text(texts: list[str], seed: int) -> list[str]:
@@ -134,6 +133,10 @@ def fine_tune(
         raise Unsupported("fine-tuning is done for decoders only (no masked-LM head is loaded)")
     model: Any = loaded.model
     tokenizer = loaded.tokenizer
+    if tokenizer.pad_token is None:  # Llama-3, GPT-2, Mistral: pad with EOS (masked out anyway)
+        if tokenizer.eos_token is None:
+            raise Unsupported("the tokenizer has neither a pad nor an end-of-sequence token")
+        tokenizer.pad_token = tokenizer.eos_token
     embeddings = model.get_input_embeddings()
     corpus = other_text(texts or ["the quick brown fox jumps over the lazy dog"] * 8, seed)
     torch.manual_seed(seed)

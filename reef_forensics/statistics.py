@@ -1,16 +1,22 @@
 """Uncertainty and calibration for similarity scores: pure math on arrays.
 
-- `bootstrap_curve`: 95% bands of the sample-size curve, from Gram matrices. Each resample
-  draws N samples with replacement; the prefix of a resample is itself a resample of size n,
-  so one running-sum pass per resample gives the band at every size.
+- `bootstrap_curve`: 95% bands of the sample-size curve, from Gram matrices, by subsampling:
+  each resample is a random order of the N texts, and its first n texts are a random subset of
+  size n, so one running-sum pass per resample gives the band at every size. (Resampling with
+  replacement would put copies of a text at two positions, and the debiased estimator would
+  count a text's similarity with itself as agreement.) At n = N every subset is the whole set
+  and the band has no width: it shows how much the score depends on which n texts are used.
 - `null_calibration`: where a suspect's score sits among scores of independent reference
   models against the same victim: an empirical p-value (rank among the panel) and a parametric
-  one (a normal fit to Fisher-z transformed reference scores).
+  one: Fisher-z transformed reference scores, and the Student t predictive distribution of a
+  new independent model's score (the null's mean and spread are estimated from k references,
+  so the tail is t with k - 1 degrees of freedom, scaled by sd * sqrt(1 + 1/k)).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,10 +42,11 @@ def bootstrap_curve(
     rng = np.random.default_rng(seed)
     curves = np.empty((resamples, len(sizes)))
     for b in range(resamples):
-        idx = rng.integers(0, total, size=total)
-        curves[b] = cka_curve(km[np.ix_(idx, idx)], lm[np.ix_(idx, idx)], sizes, estimator)
+        order = rng.permutation(total)
+        curves[b] = cka_curve(km[np.ix_(order, order)], lm[np.ix_(order, order)], sizes, estimator)
     tail = (1.0 - level) / 2.0 * 100.0
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column stays NaN
         low = np.nanpercentile(curves, tail, axis=0)
         high = np.nanpercentile(curves, 100.0 - tail, axis=0)
     return low, high
@@ -89,7 +96,38 @@ def null_calibration(score: float, references: Sequence[float]) -> NullCalibrati
             "a parametric p-value needs at least 2 references",
         )
     z = fisher_z(refs)
+    k = len(refs)
     mean, sd = float(z.mean()), float(z.std(ddof=1))
     sd = max(sd, 0.05)  # a floor: a few near-identical references must not make the null a spike
-    upper_tail = 0.5 * math.erfc((float(fisher_z(score)) - mean) / (sd * math.sqrt(2.0)))
-    return NullCalibration(score, refs, empirical, upper_tail, float(np.tanh(mean)), sd, None)
+    t = (float(fisher_z(score)) - mean) / (sd * math.sqrt(1.0 + 1.0 / k))
+    return NullCalibration(
+        score, refs, empirical, student_t_sf(t, k - 1), float(np.tanh(mean)), sd, None
+    )
+
+
+def student_t_sf(t: float, df: int) -> float:
+    """P(T > t) for Student's t with a positive integer number of degrees of freedom.
+
+    Closed forms for integer df (Abramowitz and Stegun 26.7.3 and 26.7.4): with
+    theta = atan(t / sqrt(df)), P(|T| <= t) is a finite series in sin and cos of theta.
+    """
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
+    if math.isnan(t):
+        return float("nan")
+    theta = math.atan(abs(t) / math.sqrt(df))
+    s, c2 = math.sin(theta), math.cos(theta) ** 2
+    if df % 2 == 1:
+        series, term = 0.0, 1.0
+        for j in range(1, (df - 1) // 2 + 1):  # 1 + (2/3)c^2 + (2*4)/(3*5)c^4 + ...
+            series += term
+            term *= c2 * (2 * j) / (2 * j + 1)
+        inside = (2.0 / math.pi) * (theta + (s * math.cos(theta) * series if df > 1 else 0.0))
+    else:
+        series, term = 0.0, 1.0
+        for j in range(1, df // 2 + 1):  # 1 + (1/2)c^2 + (1*3)/(2*4)c^4 + ...
+            series += term
+            term *= c2 * (2 * j - 1) / (2 * j)
+        inside = s * series
+    upper = max(0.0, 1.0 - inside) / 2.0
+    return upper if t >= 0 else 1.0 - upper

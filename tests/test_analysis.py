@@ -191,10 +191,14 @@ def test_empirical_and_parametric_p_values_follow_their_definitions() -> None:
     refs = [0.20, 0.25, 0.30, 0.35, 0.40]
     calibration = null_calibration(0.33, refs)
     assert calibration.empirical_p == pytest.approx((1 + 2) / 6)
-    z = fisher_z(refs)
-    expected = 1 - NormalDist(float(z.mean()), float(z.std(ddof=1))).cdf(float(fisher_z(0.33)))
-    assert calibration.parametric_p == pytest.approx(expected, rel=1e-9)
-    assert null_calibration(0.99, refs).parametric_p < 1e-6
+    from reef_forensics.statistics import student_t_sf
+
+    z = fisher_z(refs)  # the t predictive: df = k - 1, scale sd * sqrt(1 + 1/k)
+    t = (float(fisher_z(0.33)) - float(z.mean())) / (float(z.std(ddof=1)) * math.sqrt(1 + 1 / 5))
+    assert calibration.parametric_p == pytest.approx(student_t_sf(t, 4), rel=1e-9)
+    normal_tail = 1 - NormalDist(float(z.mean()), float(z.std(ddof=1))).cdf(float(fisher_z(0.33)))
+    assert calibration.parametric_p > normal_tail  # heavier tail: estimated null, more caution
+    assert null_calibration(0.99, refs).parametric_p < 1e-4
     assert null_calibration(float("nan"), refs).reason == "the suspect's score is undefined"
     assert null_calibration(0.5, []).reason == "no reference models were given"
 
@@ -205,7 +209,7 @@ def test_empirical_and_parametric_p_values_follow_their_definitions() -> None:
         (0.95, [0.30, 0.35, 0.40], "derived"),
         (0.35, [0.30, 0.35, 0.40], "unrelated"),
         (0.95, [0.30, 0.35], "inconclusive"),  # too few references
-        (0.43, [0.30, 0.35, 0.40, 0.38], "inconclusive"),  # unusual, but no margin over the panel
+        (0.43, [0.30, 0.35, 0.40, 0.38], "unrelated"),  # ordinary under the t predictive
         (float("nan"), [0.30, 0.35, 0.40], "inconclusive"),
     ],
 )
@@ -238,3 +242,112 @@ def test_invariance_controls_score_one() -> None:
         assert [c["score"] for c in invariance_controls(x, method)] == pytest.approx(
             [1.0, 1.0, 1.0]
         )
+
+
+# --- review fixes: the null, the bands, the panel, the rule ---------------------------------
+
+
+def test_student_t_tail_matches_tabulated_critical_values() -> None:
+    from reef_forensics.statistics import student_t_sf
+
+    table = [
+        (6.314, 1, 0.05),
+        (31.821, 1, 0.01),
+        (2.920, 2, 0.05),
+        (6.965, 2, 0.01),
+        (4.541, 3, 0.01),
+        (3.365, 5, 0.01),
+        (2.764, 10, 0.01),
+    ]
+    for t, df, p in table:
+        assert student_t_sf(t, df) == pytest.approx(p, rel=2e-3)
+    assert student_t_sf(0.0, 4) == pytest.approx(0.5)
+    assert student_t_sf(-2.920, 2) == pytest.approx(0.95, rel=1e-3)
+
+
+@pytest.mark.parametrize("panel_size", [3, 5])
+def test_false_derived_rate_under_the_null_stays_below_alpha(panel_size: int) -> None:
+    """Suspect and references all drawn from one null distribution: 'derived' must be rare."""
+    rng = np.random.default_rng(panel_size)
+    rule = DecisionRule()
+    trials, derived = 4000, 0
+    for _ in range(trials):
+        z = rng.normal(0.6, 0.3, size=panel_size + 1)
+        scores = np.tanh(z)
+        verdict, _ = decide(null_calibration(float(scores[0]), list(scores[1:])), rule)
+        derived += verdict == "derived"
+    assert derived / trials <= rule.alpha + 0.005
+
+
+def test_margin_blocks_a_derived_verdict_even_at_a_small_p_value() -> None:
+    calibration = null_calibration(0.45, [0.0] * 9 + [0.43])
+    assert calibration.parametric_p is not None and calibration.parametric_p < 0.01
+    verdict, reasons = decide(calibration, DecisionRule())
+    assert verdict == "inconclusive" and "margin" in reasons[-1]
+
+
+def test_bands_on_independent_data_contain_the_estimate_near_zero() -> None:
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(300, 200)), rng.normal(size=(300, 200))
+    k, l = gram(x, CkaMethod()), gram(y, CkaMethod())  # noqa: E741
+    from reef_forensics.cka import cka_curve
+
+    sizes = [50, 150, 300]
+    low, high = bootstrap_curve(k, l, sizes, resamples=100)
+    curve = cka_curve(k, l, sizes)
+    assert np.all(low <= curve + 1e-12) and np.all(curve <= high + 1e-12)
+    assert abs(curve[-1]) < 0.05 and high[0] < 0.2
+
+
+def test_decision_rule_cannot_be_weakened_below_its_guarantees() -> None:
+    for bad in (
+        {"min_references": 2},
+        {"alpha": 0.0},
+        {"alpha": 0.1, "unrelated_alpha": 0.05},
+        {"margin": -0.1},
+    ):
+        with pytest.raises(ValueError):
+            DecisionRule(**bad)
+
+
+def test_a_reference_that_is_the_victim_or_the_suspect_is_refused(panel: dict[str, Path]) -> None:
+    victim, derived, ref = load(panel, "victim", "derived", "ref0")
+    with pytest.raises(ComparisonError, match="is the same model as the victim"):
+        check(victim, derived, [ref, victim], resamples=10)
+    with pytest.raises(ComparisonError, match="is the same model as the suspect"):
+        check(victim, derived, [ref, derived], resamples=10)
+
+
+def test_the_embeddings_layer_never_counts_toward_the_verdict(
+    panel: dict[str, Path], tmp_path: Path
+) -> None:
+    """A suspect that copies only the victim's embeddings (a shared tokenizer) is not derived."""
+    victim, *refs = load(panel, "victim", "ref0", "ref1", "ref2", "ref3")
+    copied = [read_fingerprint(panel["victim"]).layer("embeddings")]
+    copied += [
+        read_fingerprint(panel["unrelated"]).layer(f"block_{i}") for i in range(1, BLOCKS + 1)
+    ]
+    suspect = read_fingerprint(synthetic(tmp_path / "emb", copied, "emb-copy"))
+    findings = check(victim, suspect, refs, resamples=10).as_json()
+    assert findings["verdict"] != "derived"
+    assert all(a["layer_b"] != "embeddings" for a in findings["per_layer"]["alignment"][1:])
+
+
+def test_findings_write_replaces_only_a_findings_directory(
+    panel: dict[str, Path], tmp_path: Path
+) -> None:
+    from reef_forensics import BadInputError
+
+    victim, derived, *refs = load(panel, "victim", "derived", "ref0", "ref1", "ref2")
+    findings = check(victim, derived, refs, resamples=10)
+    out = tmp_path / "case"
+    findings.write(out)
+    with pytest.raises(BadInputError, match="already exists"):
+        findings.write(out)
+    (out / "thesis.docx").write_text("keep me")
+    with pytest.raises(BadInputError, match="not a findings directory"):
+        findings.write(out, overwrite=True)
+    assert (out / "thesis.docx").read_text() == "keep me"
+    (out / "thesis.docx").unlink()
+    findings.write(out, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case"]

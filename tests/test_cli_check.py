@@ -38,7 +38,7 @@ def test_check_on_models_finds_the_derivative_and_signs_the_findings(
     refs = [arg for r in references for arg in ("--reference", r)]
     code, out, err = run_cli(
         capsys, "check", "--victim", zoo["victim"], "--suspect", zoo["derived"], *refs,
-        "--probes", "builtin:qa", "--resamples", "20", "--out", tmp_path / "findings", "--key", keys.private_key,
+        "--probes", "builtin:qa", "--out", tmp_path / "findings", "--key", keys.private_key,
     )  # fmt: skip
     assert code == 0, err
     assert out.startswith("VERDICT: derived")
@@ -64,7 +64,7 @@ def test_check_on_fingerprints_with_json_to_stdout(
 ) -> None:
     code, out, _ = run_cli(
         capsys, "check", "--victim", fingerprints["victim"], "--suspect", fingerprints["unrelated"],
-        "--reference", fingerprints["bert"], "--resamples", "10", "--json", "-",
+        "--reference", fingerprints["bert"], "--json", "-",
     )  # fmt: skip
     assert code == 0
     record = json.loads(out)
@@ -89,7 +89,7 @@ def test_check_bad_inputs(
                 "--resamples",
                 "3",
             ],
-            "--resamples must be at least 10",
+            "--resamples must be at least 200",
         ),
         (
             [
@@ -113,7 +113,7 @@ def test_check_bad_inputs(
                 "--reference",
                 fingerprints["bert"],
             ],
-            "twice",
+            "is the same model as",
         ),
     ]
     for args, message in cases:
@@ -150,8 +150,6 @@ def test_nan_in_a_fingerprint_is_a_clear_error_not_a_number(
         fingerprints["victim"],
         "--suspect",
         target,
-        "--resamples",
-        "10",
     )
     assert code == 2 and out == ""
     assert "'block_3' holds NaN or infinite values" in err.strip()
@@ -177,7 +175,5 @@ def test_a_suspect_whose_tokenizer_cannot_encode_the_probes_is_refused(
         "--probes",
         probes,
         "--no-positive-controls",
-        "--resamples",
-        "10",
     )
     assert code == 2 and "tokenizes to nothing" in err
