@@ -226,9 +226,8 @@ def _describe(fingerprint: Fingerprint) -> dict[str, Any]:
 
 
 def _clean(value: float) -> float | None:
-    return (
-        None if value is None or math.isnan(value) or math.isinf(value) else round(float(value), 10)
-    )
+    """A number for the record: exact (so that `verify` can recompute from it), or None."""
+    return None if value is None or math.isnan(value) or math.isinf(value) else float(value)
 
 
 def _matrix_json(matrix: Float64Array) -> list[list[float | None]]:

@@ -9,12 +9,21 @@ by name; it is valid only when all of them passed.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import Any
 
-from .analysis import FINDINGS_FILE, FINDINGS_FORMAT, FINDINGS_VERSION, VERDICTS
+from .analysis import (
+    FINDINGS_FILE,
+    FINDINGS_FORMAT,
+    FINDINGS_VERSION,
+    VERDICTS,
+    DecisionRule,
+    decide,
+)
 from .digests import canonical_json
-from .errors import FingerprintError
+from .errors import FingerprintError, first_line
 from .files import parse_json
 from .fingerprint import FILES, MANIFEST, read_fingerprint
 from .keys import Signer
@@ -25,6 +34,7 @@ from .signing import (
     sign_directory,
     verify_directory,
 )
+from .statistics import null_calibration
 
 
 def _fingerprint_consistency(folder: Path, result: VerificationResult) -> None:
@@ -71,11 +81,49 @@ def _findings_consistency(folder: Path, result: VerificationResult) -> None:
             problem = f"{FINDINGS_FILE} is not in canonical form"
         elif record.get("verdict") not in VERDICTS:
             problem = f"{FINDINGS_FILE} has no known verdict"
+        else:
+            problem = _verdict_problem(record)
     except ValueError:
         problem = f"{FINDINGS_FILE} is not valid JSON"
     result.add(
-        "findings consistency", problem is None, problem or "a canonical findings record, version 1"
+        "findings consistency",
+        problem is None,
+        problem
+        or "a canonical findings record, version 1, whose verdict and p-values follow from its "
+        "recorded score, reference scores and decision rule",
     )
+
+
+def _verdict_problem(record: dict[str, Any]) -> str | None:
+    """Re-apply the recorded decision rule to the recorded numbers: the verdict and p-values must
+    be what they give. (Recomputing the numbers themselves needs the fingerprints.)"""
+    try:
+        rule_fields = {k: v for k, v in record["decision_rule"].items() if k != "text"}
+        rule = DecisionRule(**rule_fields)
+        score = math.nan if record["score"] is None else float(record["score"])
+        references = [
+            math.nan if r["score"] is None else float(r["score"]) for r in record["references"]
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"{FINDINGS_FILE} lacks the numbers its verdict rests on ({first_line(exc)})"
+    calibration = null_calibration(score, references)
+    verdict, _ = decide(calibration, rule)
+    if verdict != record["verdict"]:
+        return f"{FINDINGS_FILE} says {record['verdict']!r}, but its own numbers and rule give {verdict!r}"
+    for field, value in (
+        ("p_value", calibration.parametric_p),
+        ("empirical_p_value", calibration.empirical_p),
+    ):
+        recorded = record.get(field)
+        if value is None and recorded is None:
+            continue
+        if (
+            not isinstance(recorded, int | float)
+            or value is None
+            or not math.isclose(value, recorded, rel_tol=1e-9, abs_tol=1e-300)
+        ):
+            return f"{FINDINGS_FILE}: {field} {recorded!r} does not follow from the recorded scores"
+    return None
 
 
 def _only_these_files(folder: Path, expected: set[str], result: VerificationResult) -> None:

@@ -177,3 +177,35 @@ def test_a_suspect_whose_tokenizer_cannot_encode_the_probes_is_refused(
         "--no-positive-controls",
     )
     assert code == 2 and "tokenizes to nothing" in err
+
+
+def test_verify_catches_a_verdict_that_its_own_numbers_do_not_support(
+    capsys: pytest.CaptureFixture[str], fingerprints: dict[str, Path], tmp_path: Path
+) -> None:
+    """A canonical, re-signed record whose verdict was edited: only the consistency check sees it."""
+    from reef_forensics.digests import canonical_json
+    from reef_forensics.keys import load_signer
+    from reef_forensics.signing import sign_directory
+
+    keys = generate_keys(tmp_path / "keys", b"pw")
+    code, _, err = run_cli(
+        capsys, "check", "--victim", fingerprints["victim"], "--suspect", fingerprints["derived"],
+        "--reference", fingerprints["unrelated"], "--reference", fingerprints["bert"], "--out", tmp_path / "case",
+    )  # fmt: skip
+    assert code == 0, err
+    record = json.loads((tmp_path / "case" / "findings.json").read_text())
+    assert record["verdict"] == "inconclusive"  # two references: no verdict
+    signer = load_signer(keys.private_key, passphrase=b"pw")
+    sign_directory(tmp_path / "case", signer)
+    code, out, _ = run_cli(capsys, "verify", tmp_path / "case", "--key", keys.public_key)
+    assert code == 0, out
+    (tmp_path / "case" / "findings.json").write_bytes(
+        canonical_json({**record, "verdict": "derived"})
+    )
+    sign_directory(tmp_path / "case", signer)  # the signer vouches for the edited record
+    code, out, _ = run_cli(capsys, "verify", tmp_path / "case", "--key", keys.public_key)
+    assert code == 1
+    assert (
+        "FAIL  findings consistency: findings.json says 'derived', but its own numbers and rule give 'inconclusive'"
+        in out
+    )
