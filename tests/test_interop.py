@@ -29,6 +29,12 @@ def model_signing(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def openssf_verify(public_key: Path, folder: Path) -> subprocess.CompletedProcess[str]:
+    return model_signing(
+        "verify", "key", "--public_key", public_key, "--signature", folder / SIGNATURE_NAME, folder
+    )
+
+
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     return generate_keys(tmp_path_factory.mktemp("interop-keys"), PASSPHRASE)
@@ -40,29 +46,13 @@ def test_openssf_model_signing_verifies_our_signature(
     folder = tmp_path / "fp"
     shutil.copytree(fingerprints["victim"], folder)
     sign_directory(folder, load_signer(keys.private_key, passphrase=PASSPHRASE))
-    ok = model_signing(
-        "verify",
-        "key",
-        "--public_key",
-        keys.public_key,
-        "--signature",
-        folder / SIGNATURE_NAME,
-        folder,
-    )
+    ok = openssf_verify(keys.public_key, folder)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "Verification succeeded" in ok.stdout
     data = bytearray((folder / "representations.safetensors").read_bytes())
     data[-1] ^= 0x01
     (folder / "representations.safetensors").write_bytes(bytes(data))
-    bad = model_signing(
-        "verify",
-        "key",
-        "--public_key",
-        keys.public_key,
-        "--signature",
-        folder / SIGNATURE_NAME,
-        folder,
-    )
+    bad = openssf_verify(keys.public_key, folder)
     assert bad.returncode != 0 and "Hash mismatch" in bad.stderr
 
 
@@ -103,14 +93,6 @@ def test_a_fingerprint_signed_as_it_is_made_verifies_with_openssf(
 
     signer = load_signer(keys.private_key, passphrase=PASSPHRASE)
     fp = fingerprint_model(zoo["victim"], tmp_path / "made", probes=small_probes, signer=signer)
-    ok = model_signing(
-        "verify",
-        "key",
-        "--public_key",
-        keys.public_key,
-        "--signature",
-        fp.path / SIGNATURE_NAME,
-        fp.path,
-    )
+    ok = openssf_verify(keys.public_key, fp.path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert verify_evidence(fp.path, TrustPolicy(public_key=load_public_key(keys.public_key))).valid
