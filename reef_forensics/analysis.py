@@ -170,6 +170,7 @@ class Findings:
             tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent)
         )
         try:
+            staging.chmod(0o755)  # mkdtemp makes it private; findings are meant to be read
             (staging / FINDINGS_FILE).write_bytes(canonical_json(self.record))
             if signer is not None:
                 from .signing import sign_directory
@@ -422,8 +423,11 @@ def as_fingerprint(
         return read_fingerprint(path)
     from .fingerprinting import fingerprint_model
 
-    if probes_from is not None:
+    if probes_from is not None:  # the victim's texts, pooling and truncation: comparable rows
         probes = ProbeSet(name=str(probes_from.manifest["probes"]["name"]), texts=probes_from.texts)
+        extraction = probes_from.manifest["extraction"]
+        fingerprint_options.setdefault("pooling", extraction.get("pooling"))
+        fingerprint_options.setdefault("max_length", int(extraction.get("max_length", 512)))
     return fingerprint_model(
         path,
         workdir / label,

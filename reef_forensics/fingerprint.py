@@ -259,6 +259,7 @@ class FingerprintWriter:
         self.staging = Path(
             tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent)
         )
+        self.staging.chmod(0o755)  # mkdtemp makes it private; evidence is meant to be read
         self._stream: StreamWriter | None = None
         self._layers: list[dict[str, Any]] = []
 
