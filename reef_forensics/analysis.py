@@ -8,7 +8,7 @@
   comparison), each victim layer's best match, and a monotone alignment path;
 - the verdict statistic: the mean CKA along the alignment path over the victim's blocks
   (embeddings excluded: models that share a tokenizer share their embedding geometry);
-- sample-size stability at REEF's layer, with bootstrap bands;
+- sample-size stability at REEF's layer, with resampling bands (random subsets of n texts);
 - controls: invariance (the victim against transformed copies of itself: must be 1), positive
   (fingerprints of derivatives of the victim), negative (the reference panel);
 - a calibrated verdict (see `decide`).
@@ -392,7 +392,7 @@ def check(
             "layer_b": head_s,
             "resamples": resamples,
             "level": 0.95,
-            "text": "CKA on the first n texts; bands: 2.5th and 97.5th percentiles over bootstrap resamples",
+            "text": "CKA on the first n texts; bands: 2.5th and 97.5th percentiles over random subsets of n texts (without replacement)",
         },
         "controls": {
             "invariance": invariance_controls(x_head, method, seed),

@@ -203,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace an existing findings directory"
     )
     chk.add_argument(
-        "--resamples", type=int, default=200, metavar="N", help="bootstrap resamples (default 200)"
+        "--resamples",
+        type=int,
+        default=200,
+        metavar="N",
+        help="resamples for the stability bands (default and minimum 200)",
     )
     chk.add_argument(
         "--probes",
