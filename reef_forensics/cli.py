@@ -477,6 +477,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
             "--probes applies only when the victim is a model; a fingerprint brings its own"
         )
     victim_is_model = not Path(args.victim, "fingerprint.json").is_file()
+    if args.merge_with and (
+        not args.positive_controls or not (victim_is_model or args.victim_model)
+    ):
+        raise BadInputError(
+            "--merge-with adds a positive control: it needs the victim model (--victim-model) "
+            "and positive controls switched on"
+        )
     probes = load_probes(args.probes) if victim_is_model else None
     with tempfile.TemporaryDirectory(prefix="reef-check-") as scratch:
         findings = check_paths(

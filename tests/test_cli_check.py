@@ -116,6 +116,19 @@ def test_check_bad_inputs(
             "is the same model as",
         ),
     ]
+    cases.append(
+        (
+            [
+                "--victim",
+                fingerprints["victim"],
+                "--suspect",
+                fingerprints["derived"],
+                "--merge-with",
+                zoo["unrelated"],
+            ],
+            "--merge-with adds a positive control",
+        )
+    )
     for args, message in cases:
         code, _, err = run_cli(capsys, "check", *args)
         assert code == 2, (args, err)
