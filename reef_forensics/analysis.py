@@ -34,6 +34,7 @@ from .alignment import monotone_alignment
 from .cka import (
     CkaMethod,
     Float64Array,
+    center_gram,
     centered_grams,
     cka,
     cka_curve,
@@ -199,6 +200,18 @@ def _stack(fingerprint: Fingerprint, method: CkaMethod) -> Float64Array:
     )
 
 
+def _both_stacks(fingerprint: Fingerprint, method: CkaMethod) -> tuple[Float64Array, Float64Array]:
+    """Debiased and biased centered stacks, each layer read and its Gram matrix built once
+    (the kernel does not depend on the estimator; only the centering does)."""
+    n, count = fingerprint.num_samples, len(fingerprint.layers)
+    debiased, biased = np.empty((count, n, n)), np.empty((count, n, n))
+    for i, (_, features) in enumerate(fingerprint.iter_layers()):
+        raw = gram(features, method)
+        biased[i] = center_gram(raw, "biased")
+        debiased[i] = center_gram(raw, "debiased")
+    return debiased, biased
+
+
 def _aligned_score(
     matrix: Float64Array, layers_a: list[str], layers_b: list[str]
 ) -> tuple[float, list[int]]:
@@ -272,7 +285,6 @@ def check(
     """Compare ``suspect`` with ``victim`` and calibrate on ``references``."""
     chosen_rule = rule or DecisionRule()
     method = CkaMethod(estimator="debiased")
-    biased = CkaMethod(estimator="biased")
     for role, other in [
         ("suspect", suspect),
         *[(f"reference {r.path}", r) for r in references],
@@ -298,18 +310,22 @@ def check(
     with tqdm(
         total=total, desc="check", unit="model", disable=not progress, file=sys.stderr
     ) as bar:
-        victim_stack = _stack(victim, method)
-        victim_biased = _stack(victim, biased)
+        victim_stack, victim_biased = _both_stacks(victim, method)
         bar.update(1)
 
-        def against(other: Fingerprint) -> tuple[Float64Array, float, list[int]]:
-            matrix = cka_matrix(victim_stack, _stack(other, method))
+        def against(
+            other: Fingerprint, other_stack: Float64Array | None = None
+        ) -> tuple[Float64Array, float, list[int]]:
+            stack = _stack(other, method) if other_stack is None else other_stack
+            matrix = cka_matrix(victim_stack, stack)
             score, path = _aligned_score(matrix, victim.layers, other.layers)
             bar.update(1)
             return matrix, score, path
 
-        matrix, score, path = against(suspect)
-        matrix_biased = cka_matrix(victim_biased, _stack(suspect, biased))
+        suspect_stack, suspect_biased = _both_stacks(suspect, method)
+        matrix, score, path = against(suspect, suspect_stack)
+        matrix_biased = cka_matrix(victim_biased, suspect_biased)
+        del suspect_stack, suspect_biased
         reference_rows = []
         for reference in references:
             _, ref_score, _ = against(reference)
