@@ -56,6 +56,15 @@ class Signer:
         return self.private_key.public_key()
 
 
+def _read_file(path: Path, what: str) -> bytes:
+    """A key or certificate file's bytes; an unreadable file is one clear error, never a trace."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        label = f"{what} {path}" if what else str(path)
+        raise KeyMaterialError(f"cannot read {label}: {exc.strerror or exc}") from None
+
+
 def key_fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
     """sha256 of the DER SubjectPublicKeyInfo: the key's identity, as hex."""
     der = public_key.public_bytes(
@@ -101,10 +110,7 @@ def load_signer(
 ) -> Signer:
     """Load a P-256 private key from PEM (encrypted or not) or PKCS#12, with its certificates."""
     path = Path(key_path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyMaterialError(f"cannot read the key {path}: {exc.strerror or exc}") from None
+    data = _read_file(path, "the key")
     cert: x509.Certificate | None = None
     extra: list[x509.Certificate] = []
     if b"-----BEGIN" in data:
@@ -151,12 +157,7 @@ def _load_pem_private_key(path: Path, data: bytes, passphrase: bytes | None) -> 
 def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
     """Every certificate in a PEM file (first the leaf, then the chain), or one DER certificate."""
     cert_path = Path(path)
-    try:
-        data = cert_path.read_bytes()
-    except OSError as exc:
-        raise KeyMaterialError(
-            f"cannot read the certificate {cert_path}: {exc.strerror or exc}"
-        ) from None
+    data = _read_file(cert_path, "the certificate")
     try:
         certs = (
             x509.load_pem_x509_certificates(data)
@@ -171,12 +172,7 @@ def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
 def load_public_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePublicKey:
     """A P-256 public key from a PEM public key or a certificate."""
     key_path = Path(path)
-    try:
-        data = key_path.read_bytes()
-    except OSError as exc:
-        raise KeyMaterialError(
-            f"cannot read the public key {key_path}: {exc.strerror or exc}"
-        ) from None
+    data = _read_file(key_path, "the public key")
     key: object
     if b"CERTIFICATE" in data or _looks_like_der_certificate(data):
         key = load_certificates(key_path)[0].public_key()
@@ -315,10 +311,7 @@ def loose_permissions(path: Path) -> bool:
 
 def describe_key_file(path: Path, *, passphrase: bytes | None = None) -> dict[str, str]:
     """What a key file holds and its fingerprint; never the key material itself."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyMaterialError(f"cannot read {path}: {exc.strerror or exc}") from None
+    data = _read_file(path, "")
     subject = ""
     if b"CERTIFICATE" in data or _looks_like_der_certificate(data):
         certificate = load_certificates(path)[0]
