@@ -472,11 +472,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         "trust_remote_code": args.trust_remote_code,
         "device": args.device,
     }
-    if args.probes != DEFAULT_SPEC and Path(args.victim, "fingerprint.json").is_file():
+    victim_is_model = not Path(args.victim, "fingerprint.json").is_file()
+    if args.probes != DEFAULT_SPEC and not victim_is_model:
         raise BadInputError(
             "--probes applies only when the victim is a model; a fingerprint brings its own"
         )
-    victim_is_model = not Path(args.victim, "fingerprint.json").is_file()
     if args.merge_with and (
         not args.positive_controls or not (victim_is_model or args.victim_model)
     ):
