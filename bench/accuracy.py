@@ -36,11 +36,10 @@ from bench_extraction import prepare_model
 
 from reef_forensics import load_model, load_probes, model_digest, read_fingerprint, resolve_model
 from reef_forensics.analysis import check, format_p
-from reef_forensics.derivatives import other_text, permute_mlp, prune_magnitude
-from reef_forensics.digests import sha256_json
+from reef_forensics.derivatives import derivative_digest, other_text, permute_mlp, prune_magnitude
 from reef_forensics.fingerprint import Fingerprint
 from reef_forensics.fingerprinting import fingerprint_loaded, fingerprint_model
-from reef_forensics.models import LoadedModel, ModelDigest
+from reef_forensics.models import LoadedModel
 from reef_forensics.toy_models import make_model
 
 CACHE = Path(__file__).parent / "output" / "accuracy"
@@ -195,9 +194,7 @@ def derived_fingerprint(
     source = resolve_model(victim_dir)
     loaded = load_model(source)
     change(loaded, 1)
-    digest = ModelDigest(
-        digest=sha256_json({"derived_from": model_digest(source).digest, "change": name}), files=()
-    )
+    digest = derivative_digest(model_digest(source).digest, name, 1)
     return fingerprint_loaded(loaded, digest, out, probes=probes, overwrite=True)
 
 

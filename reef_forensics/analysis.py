@@ -543,10 +543,9 @@ def make_positive_controls(
     **_: Any,
 ) -> tuple[list[tuple[str, Fingerprint]], list[dict[str, str]]]:
     """Fingerprints of weight-space derivatives of the victim, on the victim's probe texts."""
-    from .derivatives import Unsupported, standard_derivations
-    from .digests import sha256_json
+    from .derivatives import Unsupported, derivative_digest, standard_derivations
     from .fingerprinting import fingerprint_loaded
-    from .models import ModelDigest, load_model, model_digest, resolve_device, resolve_model
+    from .models import load_model, model_digest, resolve_device, resolve_model
 
     device = resolve_device(device)
     source = resolve_model(
@@ -572,19 +571,9 @@ def make_positive_controls(
         try:
             loaded = load_model(source, device=device, trust_remote_code=trust_remote_code)
             derivation.apply(loaded, index + 1)
-            digest = ModelDigest(
-                digest=sha256_json(
-                    {
-                        "derived_from": victim_fp.model_digest,
-                        "derivation": derivation.name,
-                        "seed": index + 1,
-                    }
-                ),
-                files=(),
-            )
             fingerprint = fingerprint_loaded(
                 loaded,
-                digest,
+                derivative_digest(victim_fp.model_digest, derivation.name, index + 1),
                 workdir / f"positive-control-{index + 1}",
                 probes=probes,
                 pooling=victim_fp.pooling,  # type: ignore[arg-type]

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from .models import LoadedModel
+from .digests import sha256_json
+from .models import LoadedModel, ModelDigest
 
 NOISE_RELATIVE_STD = 0.02
 PRUNE_FRACTION = 0.5
@@ -200,3 +201,12 @@ def standard_derivations(
 
 def describe_skip(derivation: Derivation, exc: BaseException) -> dict[str, Any]:
     return {"name": derivation.name, "skipped": str(exc)}
+
+
+def derivative_digest(base_digest: str, name: str, seed: int) -> ModelDigest:
+    """The model digest of an in-memory derivative: it has no files, so it is named by what it
+    was made from and how (a derivative is never mistaken for the model it came from)."""
+    return ModelDigest(
+        digest=sha256_json({"derived_from": base_digest, "derivation": name, "seed": seed}),
+        files=(),
+    )
