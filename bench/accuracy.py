@@ -301,6 +301,13 @@ def main() -> None:
                 "reef_layer_score": findings["reef_layer"]["score"],
                 "p_value": findings["p_value"],
                 "empirical_p_value": findings["empirical_p_value"],
+                "mean_test_p_value": findings["tests"]["mean"]["p_value"],
+                "layer_test": {
+                    k: findings["tests"]["layer"][k]
+                    for k in ("layer", "score", "p_value", "margin")
+                }
+                if findings["tests"]["layer"]
+                else None,
                 "panel_size": findings["panel_size"],
             }
         )
@@ -314,11 +321,20 @@ def main() -> None:
         }
         for t in ("derived", "unrelated")
     }
-    print(f"{'suspect':<38}{'truth':<11}{'score':>8}{'REEF layer':>12}{'p-value':>11}   verdict")
+    print(
+        f"{'suspect':<38}{'truth':<11}{'score':>8}{'REEF layer':>12}{'mean p':>9}  "
+        f"{'layer test':>24}{'p-value':>11}   verdict"
+    )
     for r in rows:
         p = "n/a" if r["p_value"] is None else format_p(r["p_value"])
+        mean_p = "n/a" if r["mean_test_p_value"] is None else format_p(r["mean_test_p_value"])
+        lt = r["layer_test"]
+        layer = (
+            "n/a" if lt is None else f"{lt['layer']} {lt['score']:.2f} p {format_p(lt['p_value'])}"
+        )
         print(
-            f"{r['suspect']:<38}{r['truth']:<11}{number(r['score']):>8}{number(r['reef_layer_score']):>12}{p:>11}   {r['verdict']}"
+            f"{r['suspect']:<38}{r['truth']:<11}{number(r['score']):>8}{number(r['reef_layer_score']):>12}"
+            f"{mean_p:>9}  {layer:>24}{p:>11}   {r['verdict']}"
         )
     print("\nconfusion (rows: truth, columns: verdict):")
     for truth, counts in confusion.items():

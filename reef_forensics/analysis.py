@@ -47,22 +47,23 @@ from .digests import canonical_json
 from .errors import BadInputError, ComparisonError, first_line
 from .fingerprint import EMBEDDINGS_LAYER, Fingerprint, created_timestamp, replace_directory
 from .probes import ProbeSet, load_probes
-from .statistics import NullCalibration, bootstrap_curve, null_calibration
+from .statistics import CombinedCalibration, Statistic, bootstrap_curve, combined_calibration
 
 if TYPE_CHECKING:
     from .keys import Signer
 
 FINDINGS_FORMAT = "reef-findings"
-FINDINGS_VERSION = 1
+FINDINGS_VERSION = 2
 VERDICTS = ("derived", "unrelated", "inconclusive")
 
 
 @dataclass(frozen=True)
 class DecisionRule:
-    """`derived` needs at least ``min_references`` references, a parametric p-value below
-    ``alpha``, and a score above every reference by at least ``margin``; `unrelated` needs the
-    same panel and a parametric p-value of at least ``unrelated_alpha`` (the score is ordinary
-    among independent models); anything else is `inconclusive`."""
+    """`derived` needs at least ``min_references`` references and one of the two tests (the mean
+    over the blocks, or the most extreme block) with a combined p-value below ``alpha`` and the
+    suspect above every reference on that test's statistic by at least ``margin``; `unrelated`
+    needs the same panel and a combined p-value of at least ``unrelated_alpha`` (the similarity is
+    ordinary among independent models); anything else is `inconclusive`."""
 
     alpha: float = 0.01
     unrelated_alpha: float = 0.05
@@ -84,10 +85,12 @@ class DecisionRule:
             "margin": self.margin,
             "min_references": self.min_references,
             "text": (
-                f"derived: at least {self.min_references} references, parametric p < {self.alpha}, "
-                f"and score above every reference by at least {self.margin}; unrelated: at least "
-                f"{self.min_references} references and parametric p >= {self.unrelated_alpha}; "
-                "otherwise inconclusive"
+                f"derived: at least {self.min_references} references, and the mean test or the "
+                f"layer test with a combined p < {self.alpha} and the suspect above every reference "
+                f"on that test's score by at least {self.margin}; unrelated: at least "
+                f"{self.min_references} references and combined p >= {self.unrelated_alpha}; "
+                "otherwise inconclusive. Combined p: twice the smaller of the two tests' p-values; "
+                "the layer test's p-value is Bonferroni-corrected for the number of blocks tested"
             ),
         }
 
@@ -97,9 +100,16 @@ def format_p(p: float) -> str:
     return "< 1e-16" if p < 1e-16 else f"{p:.2g}"
 
 
-def decide(calibration: NullCalibration, rule: DecisionRule) -> tuple[str, list[str]]:
-    """The verdict and the sentences that explain it."""
-    score, refs = calibration.score, calibration.references
+def _range(values: Sequence[float]) -> str:
+    return f"{min(values):.3f} to {max(values):.3f}"
+
+
+def decide(
+    calibration: CombinedCalibration, rule: DecisionRule, layer_names: Sequence[str] = ()
+) -> tuple[str, list[str]]:
+    """The verdict and the sentences that explain it (``layer_names``: the blocks tested)."""
+    mean = calibration.mean.calibration
+    score, refs = mean.score, mean.references
     if math.isnan(score):
         return "inconclusive", ["The similarity could not be computed, so no conclusion is drawn."]
     if len(refs) < rule.min_references:
@@ -108,33 +118,61 @@ def decide(calibration: NullCalibration, rule: DecisionRule) -> tuple[str, list[
             f"{rule.min_references} are needed to know how similar unrelated models look to this "
             "victim, so no verdict is given. The numbers are reported all the same."
         ]
-    p = calibration.parametric_p
-    highest = max(refs)
-    described = (
-        f"The suspect scores {score:.3f}. The {len(refs)} independent reference models score "
-        f"{min(refs):.3f} to {highest:.3f} against the same victim."
-    )
+    p = calibration.p_value
+    described = [
+        f"The suspect scores {score:.3f} on average over the victim's blocks. The {len(refs)} "
+        f"independent reference models score {_range(refs)} against the same victim."
+    ]
+    layer = calibration.layer
+    if layer is not None and layer.layer is not None:
+        name = layer_names[layer.layer] if layer.layer < len(layer_names) else f"#{layer.layer}"
+        described.append(
+            f"Its most unusual block, {name}, scores {layer.calibration.score:.3f} where the "
+            f"references score {_range(layer.calibration.references)}."
+        )
     if p is None:
-        return "inconclusive", [described, f"No p-value could be computed: {calibration.reason}."]
-    if p < rule.alpha and score >= highest + rule.margin:
+        return "inconclusive", [*described, f"No p-value could be computed: {mean.reason}."]
+    firing = [
+        t
+        for t in calibration.tests
+        if (c := calibration.corrected(t)) is not None
+        and c < rule.alpha
+        and t.margin is not None
+        and t.margin >= rule.margin
+    ]
+    if firing:
+        test = min(firing, key=lambda t: calibration.corrected(t) or 0.0)
+        corrected, margin = calibration.corrected(test) or 0.0, test.margin or 0.0
+        if test.name == "mean":
+            found = (
+                f"A mean similarity this high would be expected from an independent model with "
+                f"probability {format_p(corrected)} (below the threshold {rule.alpha}; corrected "
+                f"for testing two statistics), and it exceeds every reference by {margin:.3f}."
+            )
+        else:
+            found = (
+                f"A block this similar would be expected from an independent model with "
+                f"probability {format_p(corrected)} (below the threshold {rule.alpha}; corrected "
+                f"for testing {test.layers_tested} blocks and two statistics), and it exceeds every "
+                f"reference at that block by {margin:.3f}."
+            )
         return "derived", [
-            described,
-            f"A score this high would be expected from an independent model with probability "
-            f"{format_p(p)} (below the threshold {rule.alpha}), and it exceeds every reference by "
-            f"{score - highest:.3f}. The suspect's representations match the victim's far more "
-            "closely than independent models do: the evidence indicates it was derived from it.",
+            *described,
+            found + " The suspect's representations match the victim's far more closely than "
+            "independent models do: the evidence indicates it was derived from it.",
         ]
     if p >= rule.unrelated_alpha:
         return "unrelated", [
-            described,
-            f"Independent models reach a score like this with probability {format_p(p)}, so the "
-            "similarity is what unrelated models show: no evidence of derivation was found.",
+            *described,
+            f"Independent models reach similarity like this with probability {format_p(p)} (the "
+            "smaller of the mean test's and the layer test's p-values, corrected for testing "
+            "both), so it is what unrelated models show: no evidence of derivation was found.",
         ]
     return "inconclusive", [
-        described,
-        f"The score is unusual for an independent model (probability {format_p(p)}) but does not meet "
-        f"the bar for a finding of derivation (probability below {rule.alpha} and a margin of "
-        f"{rule.margin} over every reference). More references or probe texts may settle it.",
+        *described,
+        f"The similarity is unusual for an independent model (probability {format_p(p)}) but "
+        f"does not meet the bar for a finding of derivation (probability below {rule.alpha} and a "
+        f"margin of {rule.margin} over every reference). More references or probe texts may settle it.",
     ]
 
 
@@ -225,8 +263,15 @@ def _aligned_score(
     path = [0] * len(layers_a)  # an embeddings row pairs with the other side's embeddings
     for row, column in zip(blocks, aligned, strict=True):
         path[row] = columns[column]
-    values = [matrix[i, path[i]] for i in blocks]
+    values = _block_scores(matrix, layers_a, path)
     return (float(np.mean(values)) if not np.any(np.isnan(values)) else float("nan")), path
+
+
+def _block_scores(matrix: Float64Array, layers_a: list[str], path: list[int]) -> list[float]:
+    """The scores along the alignment at the victim's blocks: what the layer test tests."""
+    return [
+        float(matrix[i, path[i]]) for i, name in enumerate(layers_a) if name != EMBEDDINGS_LAYER
+    ]
 
 
 def _describe(fingerprint: Fingerprint) -> dict[str, Any]:
@@ -246,6 +291,63 @@ def _clean(value: float) -> float | None:
 
 def _matrix_json(matrix: Float64Array) -> list[list[float | None]]:
     return [[_clean(v) for v in row] for row in matrix]
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def calibrate(
+    score: float | None,
+    block_scores: Sequence[float | None],
+    references: Sequence[tuple[float | None, Sequence[float | None]]],
+) -> CombinedCalibration:
+    """The combined calibration from the numbers a findings record holds (None: undefined), so
+    that `check` and `verify` compute it from the same inputs the same way."""
+    return combined_calibration(
+        _number(score),
+        [_number(r) for r, _ in references],
+        [_number(v) for v in block_scores],
+        [[_number(v) for v in row] for _, row in references],
+    )
+
+
+def calibration_record(calibration: CombinedCalibration, blocks: Sequence[str]) -> dict[str, Any]:
+    """The p-values and the two tests, as the findings record states them."""
+    mean = calibration.mean.calibration
+
+    def test_json(test: Statistic | None) -> dict[str, Any] | None:
+        if test is None:
+            return None
+        c = test.calibration
+        return {
+            "layer": blocks[test.layer] if test.layer is not None else None,
+            "layers_tested": test.layers_tested,
+            "score": _clean(c.score),
+            "p_value": _clean(test.p_value) if test.p_value is not None else None,
+            "empirical_p_value": _clean(c.empirical_p) if c.empirical_p is not None else None,
+            "margin": _clean(test.margin) if test.margin is not None else None,
+            "null_mean": _clean(c.null_mean) if c.null_mean is not None else None,
+            "null_sd_fisher_z": _clean(c.null_sd_z) if c.null_sd_z is not None else None,
+        }
+
+    return {
+        "p_value": _clean(calibration.p_value) if calibration.p_value is not None else None,
+        "p_value_reason": mean.reason,
+        "empirical_p_value": _clean(mean.empirical_p) if mean.empirical_p is not None else None,
+        "panel_size": mean.panel_size,
+        "null": {
+            "mean": _clean(mean.null_mean) if mean.null_mean is not None else None,
+            "sd_fisher_z": _clean(mean.null_sd_z) if mean.null_sd_z is not None else None,
+        },
+        "tests": {
+            "mean": test_json(calibration.mean),
+            "layer": test_json(calibration.layer),
+            "combination": "p_value = min(1, 2 * min(mean p, layer p)); layer p = min(1, "
+            "blocks tested * smallest per-block p); each p: Student t predictive on Fisher-z "
+            "reference scores",
+        },
+    }
 
 
 def invariance_controls(
@@ -328,8 +430,16 @@ def check(
         del suspect_stack, suspect_biased
         reference_rows = []
         for reference in references:
-            _, ref_score, _ = against(reference)
-            reference_rows.append({**_describe(reference), "score": _clean(ref_score)})
+            ref_matrix, ref_score, ref_path = against(reference)
+            reference_rows.append(
+                {
+                    **_describe(reference),
+                    "score": _clean(ref_score),
+                    "block_scores": [
+                        _clean(v) for v in _block_scores(ref_matrix, victim.layers, ref_path)
+                    ],
+                }
+            )
         positive_rows = []
         for name, control in positive_controls:
             _, control_score, _ = against(control)
@@ -345,10 +455,13 @@ def check(
     curve = cka_curve(k, l, sizes, method.estimator)
     low, high = bootstrap_curve(k, l, sizes, method.estimator, resamples=resamples, seed=seed)
 
-    calibration = null_calibration(
-        score, [r["score"] if r["score"] is not None else float("nan") for r in reference_rows]
+    blocks = [name for name in victim.layers if name != EMBEDDINGS_LAYER]
+    calibration = calibrate(
+        score,
+        _block_scores(matrix, victim.layers, path),
+        [(r["score"], r["block_scores"]) for r in reference_rows],
     )
-    verdict, reasons = decide(calibration, chosen_rule)
+    verdict, reasons = decide(calibration, chosen_rule, blocks)
     identical = victim.model_digest == suspect.model_digest
     if identical:
         reasons.insert(
@@ -363,20 +476,7 @@ def check(
         "verdict": verdict,
         "score": _clean(score),
         "statistic": "mean linear-debiased CKA along the monotone alignment path over the victim's blocks",
-        "p_value": _clean(calibration.parametric_p)
-        if calibration.parametric_p is not None
-        else None,
-        "p_value_reason": calibration.reason,
-        "empirical_p_value": _clean(calibration.empirical_p)
-        if calibration.empirical_p is not None
-        else None,
-        "panel_size": calibration.panel_size,
-        "null": {
-            "mean": _clean(calibration.null_mean) if calibration.null_mean is not None else None,
-            "sd_fisher_z": _clean(calibration.null_sd_z)
-            if calibration.null_sd_z is not None
-            else None,
-        },
+        **calibration_record(calibration, blocks),
         "decision_rule": chosen_rule.as_json(),
         "reasons": reasons,
         "identical": identical,

@@ -20,12 +20,14 @@ from .analysis import (
     FINDINGS_VERSION,
     VERDICTS,
     DecisionRule,
+    calibrate,
+    calibration_record,
     decide,
 )
 from .digests import canonical_json
 from .errors import FingerprintError, first_line
 from .files import parse_json
-from .fingerprint import FILES, MANIFEST, read_fingerprint
+from .fingerprint import EMBEDDINGS_LAYER, FILES, MANIFEST, read_fingerprint
 from .keys import Signer
 from .signing import (
     SIGNATURE_NAME,
@@ -34,7 +36,6 @@ from .signing import (
     sign_directory,
     verify_directory,
 )
-from .statistics import null_calibration
 
 
 def _fingerprint_consistency(folder: Path, result: VerificationResult) -> None:
@@ -89,41 +90,55 @@ def _findings_consistency(folder: Path, result: VerificationResult) -> None:
         "findings consistency",
         problem is None,
         problem
-        or "a canonical findings record, version 1, whose verdict and p-values follow from its "
-        "recorded score, reference scores and decision rule",
+        or "a canonical findings record, version 2, whose verdict and p-values follow from its "
+        "recorded scores, reference scores and decision rule",
     )
 
 
 def _verdict_problem(record: dict[str, Any]) -> str | None:
-    """Re-apply the recorded decision rule to the recorded numbers: the verdict and p-values must
-    be what they give. (Recomputing the numbers themselves needs the fingerprints.)"""
+    """Re-apply the recorded decision rule to the recorded numbers: the verdict, p-values and
+    tests must be what they give. (Recomputing the numbers themselves needs the fingerprints.)"""
     try:
         rule_fields = {k: v for k, v in record["decision_rule"].items() if k != "text"}
         rule = DecisionRule(**rule_fields)
-        score = math.nan if record["score"] is None else float(record["score"])
-        references = [
-            math.nan if r["score"] is None else float(r["score"]) for r in record["references"]
+        blocks = [
+            a["layer_a"]
+            for a in record["per_layer"]["alignment"]
+            if a["layer_a"] != EMBEDDINGS_LAYER
         ]
+        calibration = calibrate(
+            record["score"],
+            [
+                a["score"]
+                for a in record["per_layer"]["alignment"]
+                if a["layer_a"] != EMBEDDINGS_LAYER
+            ],
+            [(r["score"], r["block_scores"]) for r in record["references"]],
+        )
     except (KeyError, TypeError, ValueError) as exc:
         return f"{FINDINGS_FILE} lacks the numbers its verdict rests on ({first_line(exc)})"
-    calibration = null_calibration(score, references)
-    verdict, _ = decide(calibration, rule)
+    verdict, _ = decide(calibration, rule, blocks)
     if verdict != record["verdict"]:
         return f"{FINDINGS_FILE} says {record['verdict']!r}, but its own numbers and rule give {verdict!r}"
-    for field, value in (
-        ("p_value", calibration.parametric_p),
-        ("empirical_p_value", calibration.empirical_p),
-    ):
-        recorded = record.get(field)
-        if value is None and recorded is None:
-            continue
-        if (
-            not isinstance(recorded, int | float)
-            or value is None
-            or not math.isclose(value, recorded, rel_tol=1e-9, abs_tol=1e-300)
-        ):
-            return f"{FINDINGS_FILE}: {field} {recorded!r} does not follow from the recorded scores"
+    for field, value in calibration_record(calibration, blocks).items():
+        if not _same(record.get(field), value):
+            return f"{FINDINGS_FILE}: {field} {record.get(field)!r} does not follow from the recorded scores"
     return None
+
+
+def _same(recorded: Any, computed: Any) -> bool:
+    """Equal, numbers to 1e-9 relative (another machine's last bit may differ)."""
+    if isinstance(computed, dict):
+        return (
+            isinstance(recorded, dict)
+            and recorded.keys() == computed.keys()
+            and all(_same(recorded[k], computed[k]) for k in computed)
+        )
+    if isinstance(computed, float) and not isinstance(recorded, bool):
+        return isinstance(recorded, int | float) and math.isclose(
+            computed, recorded, rel_tol=1e-9, abs_tol=1e-300
+        )
+    return bool(recorded == computed)
 
 
 def _only_these_files(folder: Path, expected: set[str], result: VerificationResult) -> None:

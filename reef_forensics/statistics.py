@@ -11,6 +11,13 @@
   one: Fisher-z transformed reference scores, and the Student t predictive distribution of a
   new independent model's score (the null's mean and spread are estimated from k references,
   so the tail is t with k - 1 degrees of freedom, scaled by sd * sqrt(1 + 1/k)).
+- `combined_calibration`: two tests of the same question, Bonferroni-combined. The *mean* test
+  calibrates the mean similarity over the victim's blocks; the *layer* test calibrates each
+  victim block on its own and takes the most extreme one, its p-value multiplied by the number
+  of blocks tested. The combined p-value is twice the smaller of the two (capped at 1), so
+  under the null it is valid whichever test fires. The mean test is the more powerful when the
+  whole network is preserved; the layer test finds a derivative that kept some blocks and
+  destroyed the rest (heavy magnitude pruning keeps the first blocks and wrecks the later ones).
 """
 
 from __future__ import annotations
@@ -103,6 +110,73 @@ def null_calibration(score: float, references: Sequence[float]) -> NullCalibrati
     return NullCalibration(
         score, refs, empirical, student_t_sf(t, k - 1), float(np.tanh(mean)), sd, None
     )
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One test's outcome: its p-value (corrected for what it chose) and the suspect's margin
+    over the highest reference on the statistic it tested."""
+
+    name: str  # "mean" or "layer"
+    calibration: NullCalibration
+    p_value: float | None  # corrected: the layer test's is Bonferroni over the blocks tested
+    layer: int | None = None  # for the layer test: the index into the blocks tested
+    layers_tested: int = 1
+
+    @property
+    def margin(self) -> float | None:
+        refs = self.calibration.references
+        score = self.calibration.score
+        return None if not refs or math.isnan(score) else score - max(refs)
+
+
+@dataclass(frozen=True)
+class CombinedCalibration:
+    """The mean test and the layer test, and their Bonferroni combination."""
+
+    mean: Statistic
+    layer: Statistic | None  # None when no block had a p-value
+
+    @property
+    def tests(self) -> list[Statistic]:
+        return [self.mean] + ([self.layer] if self.layer is not None else [])
+
+    @property
+    def p_value(self) -> float | None:
+        values = [t.p_value for t in self.tests if t.p_value is not None]
+        return min(1.0, 2.0 * min(values)) if values else None
+
+    def corrected(self, test: Statistic) -> float | None:
+        """A test's p-value as it counts toward the combination (times 2)."""
+        return None if test.p_value is None else min(1.0, 2.0 * test.p_value)
+
+
+def combined_calibration(
+    score: float,
+    references: Sequence[float],
+    layer_scores: Sequence[float],
+    reference_layer_scores: Sequence[Sequence[float]],
+) -> CombinedCalibration:
+    """``layer_scores[i]`` is the suspect's score at the victim's i-th tested block and
+    ``reference_layer_scores[r][i]`` reference r's score there (``references[r]`` is its mean)."""
+    if any(len(row) != len(layer_scores) for row in reference_layer_scores):
+        raise ValueError("every reference needs a score at each tested layer")
+    if len(reference_layer_scores) != len(references):
+        raise ValueError("one row of layer scores per reference")
+    mean = null_calibration(score, references)
+    mean_test = Statistic("mean", mean, mean.parametric_p)
+    per_layer = [
+        null_calibration(value, [row[i] for row in reference_layer_scores])
+        for i, value in enumerate(layer_scores)
+    ]
+    with_p = [i for i, c in enumerate(per_layer) if c.parametric_p is not None]
+    if not with_p or math.isnan(score):
+        return CombinedCalibration(mean_test, None)
+    strongest = min(with_p, key=lambda i: per_layer[i].parametric_p or 0.0)
+    tested = len(layer_scores)
+    p = per_layer[strongest].parametric_p or 0.0
+    layer_test = Statistic("layer", per_layer[strongest], min(1.0, tested * p), strongest, tested)
+    return CombinedCalibration(mean_test, layer_test)
 
 
 def student_t_sf(t: float, df: int) -> float:

@@ -49,5 +49,5 @@ def fingerprints(
     root = tmp_path_factory.mktemp("fingerprints")
     return {
         name: fingerprint_model(zoo[name], root / name, probes=probes).path
-        for name in ("victim", "derived", "unrelated", "bert")
+        for name in ("victim", "derived", "unrelated", "bert", "gpt2")
     }

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from reef_forensics import ComparisonError, read_fingerprint
-from reef_forensics.analysis import DecisionRule, check, decide, invariance_controls
+from reef_forensics.analysis import DecisionRule, calibrate, check, decide, invariance_controls
 from reef_forensics.cka import CkaMethod, gram
 from reef_forensics.digests import canonical_json
 from reef_forensics.fingerprint import FingerprintWriter, layer_names
@@ -106,6 +106,37 @@ def test_an_independent_model_is_found_unrelated(panel: dict[str, Path]) -> None
     assert findings["p_value"] >= 0.05
 
 
+def test_a_derivative_that_kept_one_block_is_found_by_the_layer_test(tmp_path: Path) -> None:
+    """Heavy pruning keeps the first blocks and wrecks the rest: the mean over the blocks looks
+    ordinary (below the references, which share some structure with the victim everywhere),
+    the kept block does not."""
+    rng = np.random.default_rng(11)
+    victim = model_layers(1, rng.normal(size=(N, WIDTH)))
+
+    def mix(signal: float, x: np.ndarray) -> np.ndarray:
+        return signal * x + (1 - signal) * rng.normal(size=x.shape) * x.std()
+
+    partial = [victim[0], mix(0.97, victim[1])] + [mix(0.0, x) for x in victim[2:]]
+    refs = [
+        read_fingerprint(
+            synthetic(tmp_path / f"ref{r}", [mix(0.45 + 0.06 * r, x) for x in victim], f"r{r}")
+        )
+        for r in range(5)
+    ]
+    findings = check(
+        read_fingerprint(synthetic(tmp_path / "victim", victim, "victim")),
+        read_fingerprint(synthetic(tmp_path / "partial", partial, "partial")),
+        refs,
+        resamples=20,
+    ).as_json()
+    tests = findings["tests"]
+    assert tests["mean"]["p_value"] > 0.5  # the mean alone would call it unrelated
+    assert tests["layer"]["layer"] == "block_1" and tests["layer"]["layers_tested"] == BLOCKS
+    assert findings["verdict"] == "derived", findings["reasons"]
+    assert findings["p_value"] == pytest.approx(min(1.0, 2 * tests["layer"]["p_value"]))
+    assert "block_1" in " ".join(findings["reasons"])
+
+
 def test_fewer_than_three_references_is_inconclusive_with_numbers(panel: dict[str, Path]) -> None:
     victim, derived, ref = load(panel, "victim", "derived", "ref0")
     findings = check(victim, derived, [ref], resamples=20).as_json()
@@ -187,6 +218,11 @@ def test_references_on_other_probe_texts_are_refused_by_name(
 # --- the statistics themselves ------------------------------------------------------------
 
 
+def one_block(score: float, refs: list[float]):  # type: ignore[no-untyped-def]
+    """A calibration where every model has one block: the mean and the layer test coincide."""
+    return calibrate(score, [score], [(r, [r]) for r in refs])
+
+
 def test_empirical_and_parametric_p_values_follow_their_definitions() -> None:
     refs = [0.20, 0.25, 0.30, 0.35, 0.40]
     calibration = null_calibration(0.33, refs)
@@ -214,7 +250,7 @@ def test_empirical_and_parametric_p_values_follow_their_definitions() -> None:
     ],
 )
 def test_decision_rule(score: float, refs: list[float], verdict: str) -> None:
-    decided, reasons = decide(null_calibration(score, refs), DecisionRule())
+    decided, reasons = decide(one_block(score, refs), DecisionRule())
     assert decided == verdict and reasons
 
 
@@ -274,14 +310,52 @@ def test_false_derived_rate_under_the_null_stays_below_alpha(panel_size: int) ->
     for _ in range(trials):
         z = rng.normal(0.6, 0.3, size=panel_size + 1)
         scores = np.tanh(z)
-        verdict, _ = decide(null_calibration(float(scores[0]), list(scores[1:])), rule)
+        verdict, _ = decide(one_block(float(scores[0]), list(scores[1:])), rule)
+        derived += verdict == "derived"
+    assert derived / trials <= rule.alpha + 0.005
+
+
+def test_combined_p_is_twice_the_smaller_of_the_mean_and_bonferroni_layer_p() -> None:
+    refs = [(0.30, [0.2, 0.3, 0.4]), (0.35, [0.3, 0.35, 0.4]), (0.40, [0.35, 0.4, 0.45])]
+    blocks = [0.9, 0.4, 0.45]
+    combined = calibrate(float(np.mean(blocks)), blocks, refs)
+    mean_p = null_calibration(float(np.mean(blocks)), [r for r, _ in refs]).parametric_p
+    layer_ps = [
+        null_calibration(v, [row[i] for _, row in refs]).parametric_p for i, v in enumerate(blocks)
+    ]
+    assert combined.mean.p_value == pytest.approx(mean_p, rel=1e-12)
+    assert combined.layer is not None and combined.layer.layer == 0
+    assert combined.layer.p_value == pytest.approx(min(1.0, 3 * min(layer_ps)), rel=1e-12)  # type: ignore[type-var]
+    assert combined.p_value == pytest.approx(
+        min(1.0, 2 * min(mean_p, 3 * min(layer_ps))), rel=1e-12
+    )  # type: ignore[type-var, operator]
+    with pytest.raises(ValueError, match="every reference needs a score at each tested layer"):
+        calibrate(0.5, blocks, [(0.3, [0.2, 0.3])] * 3)
+
+
+@pytest.mark.parametrize("correlation", [0.0, 0.9])
+def test_false_derived_rate_with_many_blocks_stays_below_alpha(correlation: float) -> None:
+    """Eight blocks per model, independent or strongly correlated across blocks, five
+    references: the layer test looks at every block, and the combination still holds alpha."""
+    rng = np.random.default_rng(int(correlation * 10) + 7)
+    rule = DecisionRule()
+    trials, derived, blocks = 3000, 0, 8
+    for _ in range(trials):
+        shared = rng.normal(size=(6, 1))
+        z = 0.6 + 0.3 * (
+            math.sqrt(correlation) * shared
+            + math.sqrt(1 - correlation) * rng.normal(size=(6, blocks))
+        )
+        scores = np.tanh(z)
+        rows = [(float(row.mean()), [float(v) for v in row]) for row in scores]
+        verdict, _ = decide(calibrate(*rows[0], rows[1:]), rule)
         derived += verdict == "derived"
     assert derived / trials <= rule.alpha + 0.005
 
 
 def test_margin_blocks_a_derived_verdict_even_at_a_small_p_value() -> None:
-    calibration = null_calibration(0.45, [0.0] * 9 + [0.43])
-    assert calibration.parametric_p is not None and calibration.parametric_p < 0.01
+    calibration = one_block(0.47, [0.0] * 19 + [0.43])
+    assert calibration.p_value is not None and calibration.p_value < 0.01
     verdict, reasons = decide(calibration, DecisionRule())
     assert verdict == "inconclusive" and "margin" in reasons[-1]
 

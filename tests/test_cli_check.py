@@ -222,3 +222,33 @@ def test_verify_catches_a_verdict_that_its_own_numbers_do_not_support(
         "FAIL  findings consistency: findings.json says 'derived', but its own numbers and rule give 'inconclusive'"
         in out
     )
+
+
+def test_verify_recomputes_the_tests_from_the_recorded_block_scores(
+    capsys: pytest.CaptureFixture[str], fingerprints: dict[str, Path], tmp_path: Path
+) -> None:
+    """An edited per-block reference score changes the layer test: the recorded p-values no
+    longer follow, and verify says which field."""
+    from reef_forensics.digests import canonical_json
+    from reef_forensics.keys import load_signer
+    from reef_forensics.signing import sign_directory
+
+    keys = generate_keys(tmp_path / "keys", b"pw")
+    code, _, err = run_cli(
+        capsys, "check", "--victim", fingerprints["victim"], "--suspect", fingerprints["derived"],
+        "--reference", fingerprints["unrelated"], "--reference", fingerprints["bert"],
+        "--reference", fingerprints["gpt2"], "--out", tmp_path / "case", "--no-positive-controls",
+    )  # fmt: skip
+    assert code == 0, err
+    record = json.loads((tmp_path / "case" / "findings.json").read_text())
+    assert record["tests"]["layer"]["layers_tested"] == len(record["references"][0]["block_scores"])
+    signer = load_signer(keys.private_key, passphrase=b"pw")
+    layer = record["tests"]["layer"]["layer"]
+    index = [a["layer_a"] for a in record["per_layer"]["alignment"] if a["layer_a"] != "embeddings"]
+    edited = json.loads(json.dumps(record))
+    edited["references"][0]["block_scores"][index.index(layer)] = 0.0
+    (tmp_path / "case" / "findings.json").write_bytes(canonical_json(edited))
+    sign_directory(tmp_path / "case", signer)
+    code, out, _ = run_cli(capsys, "verify", tmp_path / "case", "--key", keys.public_key)
+    assert code == 1
+    assert "findings consistency: findings.json:" in out and "does not follow" in out, out
