@@ -482,7 +482,12 @@ def check(
         "identical": identical,
         "victim": _describe(victim),
         "suspect": _describe(suspect),
-        "probes": {"digest": victim.probes_digest, "count": victim.num_samples},
+        "probes": {
+            "name": str(victim.manifest["probes"].get("name", "")),
+            "digest": victim.probes_digest,
+            "count": victim.num_samples,
+        },
+        "extraction": dict(victim.manifest["extraction"]),
         "reef_layer": {"layer_a": head_v, "layer_b": head_s, "score": _clean(float(curve[-1]))},
         "per_layer": {
             "estimator": method.name,
@@ -507,6 +512,7 @@ def check(
             "layer_a": head_v,
             "layer_b": head_s,
             "resamples": resamples,
+            "seed": seed,
             "level": 0.95,
             "text": "CKA on the first n texts; bands: 2.5th and 97.5th percentiles over random subsets of n texts (without replacement)",
         },

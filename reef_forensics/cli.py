@@ -238,9 +238,45 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the weight-space derivatives of the victim (faster)",
     )
+    chk.add_argument(
+        "--report",
+        metavar="PDF",
+        help="also render the signed PDF report (needs --out, --key and --cert)",
+    )
     _add_signing_options(chk, required=False)
     _add_output_options(chk)
     chk.set_defaults(handler=_cmd_check)
+
+    rep = commands.add_parser(
+        "report",
+        help="render the signed PDF report of signed findings",
+        description="Verify signed findings, render them as a PDF/A-4f report with the evidence "
+        "attached, and sign it with a PAdES certification signature that permits no change.",
+    )
+    rep.add_argument(
+        "findings", metavar="FINDINGS", help="the findings directory `check --out` wrote"
+    )
+    rep.add_argument("--out", required=True, metavar="PDF", help="the report file to write")
+    rep.add_argument(
+        "--victim",
+        metavar="FINGERPRINT",
+        help="the victim's fingerprint: its signed manifest is attached to the report",
+    )
+    rep.add_argument(
+        "--case-id", metavar="ID", help="the case identifier (default: from the findings digest)"
+    )
+    rep.add_argument(
+        "--trust",
+        metavar="CA_CERT",
+        help="CA certificate the findings' signature must chain to (default: the findings must "
+        "be signed with the report's key)",
+    )
+    rep.add_argument("--overwrite", action="store_true", help="replace an existing report file")
+    _add_signing_options(rep, required=True)
+    rep.add_argument(
+        "--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)"
+    )
+    rep.set_defaults(handler=_cmd_report)
 
     keys = commands.add_parser(
         "keys",
@@ -296,13 +332,22 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check a signed evidence directory",
         description="Check the signature, every file's digest, that no file is missing or added, "
-        "and the fingerprint's internal consistency. Exit 0 when valid, 1 when not, 2 for bad input.",
+        "and the fingerprint's internal consistency; for a report PDF, its signature, its "
+        "attached evidence, its printed numbers and (with --evidence) every number recomputed. "
+        "Exit 0 when valid, 1 when not, 2 for bad input.",
     )
-    verify.add_argument("path", metavar="PATH", help="signed directory")
+    verify.add_argument("path", metavar="PATH", help="signed directory, or a report PDF")
     trust = verify.add_mutually_exclusive_group(required=True)
     trust.add_argument("--key", metavar="PUB", help="the signer's public key (or certificate)")
     trust.add_argument(
         "--trust", metavar="CA_CERT", help="CA certificate(s) the signer's chain must reach"
+    )
+    verify.add_argument(
+        "--evidence",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="for a report: the signed fingerprints it rests on; every number is recomputed",
     )
     verify.add_argument(
         "--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)"
@@ -460,6 +505,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.resamples < 200:
         raise BadInputError(f"--resamples must be at least 200, got {args.resamples}")
     signer = _signer_from_args(args)
+    if args.report and (not args.out or signer is None or signer.certificate is None):
+        raise BadInputError(
+            "--report needs --out, --key and --cert (the report carries the signed findings)"
+        )
+    if args.report:
+        _check_report_target(args.report, overwrite=args.overwrite)
     if args.out and Path(args.out).exists():
         if not args.overwrite:
             raise BadInputError(f"{args.out} already exists (pass --overwrite to replace it)")
@@ -502,6 +553,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         written = (
             findings.write(args.out, signer=signer, overwrite=args.overwrite) if args.out else None
         )
+        if args.report and written is not None and signer is not None:
+            from .report import write_report
+
+            victim_fp = Path(scratch, "victim") if victim_is_model else Path(args.victim)
+            report = write_report(written.parent, args.report, signer, victim=victim_fp)
     record = findings.as_json()
     if args.json:
         _emit_json(args.json, record)
@@ -517,12 +573,44 @@ def _cmd_check(args: argparse.Namespace) -> int:
             else f"p-value: none ({record['p_value_reason']})",
             *[f"  {reason}" for reason in record["reasons"]],
         ]
+        if args.report:
+            lines.append(f"report: {report} (signed PDF)")
         if written is not None:
             lines.append(
                 f"findings: {written}"
                 + (f" (signed: {written.parent / SIGNATURE_NAME})" if signer else "")
             )
         print("\n".join(lines))
+    return 0
+
+
+def _check_report_target(path: str, *, overwrite: bool) -> None:
+    target = Path(path)
+    if target.is_dir():
+        raise BadInputError(f"{target} is a directory: give the report's file name")
+    if target.exists() and not overwrite:
+        raise BadInputError(f"{target} already exists (pass --overwrite to replace it)")
+    if not target.parent.is_dir():
+        raise BadInputError(f"the folder {target.parent} does not exist")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    signer = _signer_from_args(args)
+    assert signer is not None  # --key is required
+    if signer.certificate is None:
+        raise BadInputError("a report is signed with a certificate: pass --cert (and --chain)")
+    _check_report_target(args.out, overwrite=args.overwrite)
+    trust = TrustPolicy(roots=tuple(load_certificates(args.trust))) if args.trust else None
+    written = write_report(
+        args.findings, args.out, signer, trust=trust, victim=args.victim, case_id=args.case_id
+    )
+    summary = {"report": str(written), "findings": str(args.findings), "signed": True}
+    if args.json:
+        _emit_json(args.json, summary)
+    if args.json != "-":
+        print(f"report: {written} (PDF/A-4f, certification signature, evidence attached)")
     return 0
 
 
@@ -581,12 +669,21 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         trust = TrustPolicy(public_key=load_public_key(args.key))
     else:
         trust = TrustPolicy(roots=tuple(load_certificates(args.trust)))
-    result = verify_evidence(args.path, trust)
+    if Path(args.path).is_file():
+        from .report_verification import verify_report
+
+        result = verify_report(args.path, trust, args.evidence)
+    elif args.evidence:
+        raise BadInputError("--evidence applies to a report PDF, not to a directory")
+    else:
+        result = verify_evidence(args.path, trust)
     if args.json:
         _emit_json(args.json, result.as_json())
     if args.json != "-":
         for check in result.checks:
             print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+        for note in result.notes:
+            print(f"note  {note}")
         print(f"{'VALID' if result.valid else 'NOT VALID'}: {args.path}")
     return 0 if result.valid else 1
 

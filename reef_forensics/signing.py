@@ -206,6 +206,7 @@ class VerificationResult:
     path: Path
     checks: list[Check] = field(default_factory=list)
     signer: str | None = None  # the verifying key's fingerprint
+    notes: list[str] = field(default_factory=list)  # what was not checked, and why
 
     @property
     def valid(self) -> bool:
@@ -225,7 +226,13 @@ class VerificationResult:
             "valid": self.valid,
             "signer": self.signer,
             "checks": [check.as_json() for check in self.checks],
+            "notes": list(self.notes),
         }
+
+    def merge(self, other: VerificationResult, prefix: str) -> None:
+        """Another result's checks and notes, each name prefixed (``findings: signature``)."""
+        self.checks.extend(Check(f"{prefix}: {c.name}", c.ok, c.detail) for c in other.checks)
+        self.notes.extend(f"{prefix}: {n}" for n in other.notes)
 
 
 @dataclass(frozen=True)
@@ -262,12 +269,62 @@ def verify_directory(
     try:
         if bundle_path.is_symlink():
             raise ValueError("it is a symbolic link")
-        if bundle_path.stat().st_size > MAX_BUNDLE_BYTES:
-            raise ValueError(f"it is larger than {MAX_BUNDLE_BYTES} bytes")
-        bundle = _parse_bundle(bundle_path.read_bytes())
+        raw = bundle_path.read_bytes() if bundle_path.stat().st_size <= MAX_BUNDLE_BYTES else b""
+    except (OSError, ValueError) as exc:
+        result.add("signature bundle", False, f"{SIGNATURE_NAME} cannot be read: {exc}")
+        return result
+    bundle = _check_bundle(raw, trust, result)
+    if bundle is None:
+        return result
+    _check_files(folder, bundle.resources, result)
+    _check_subject(bundle, result)
+    if content_checks is not None and all(c.ok for c in result.checks):
+        content_checks(folder, result)
+    return result
+
+
+def verify_bundle_over(
+    raw: bytes, files: dict[str, bytes], trust: TrustPolicy, *, path: Path
+) -> VerificationResult:
+    """A bundle and some of the files it signs, held in memory (a report's attachments): the
+    signature, the trust, the subject digest, and each given file's digest. The signed files that
+    were not given are named in a note: their digests are vouched for, their bytes not checked."""
+    result = VerificationResult(path=path)
+    bundle = _check_bundle(raw, trust, result)
+    if bundle is None:
+        return result
+    listed = {r["name"]: r["digest"] for r in bundle.resources}
+    for name, data in sorted(files.items()):
+        digest = hashlib.sha256(data).hexdigest()
+        ok = listed.get(name) == digest
+        result.add(
+            f"file {name}",
+            ok,
+            "sha256 matches the signed digest"
+            if ok
+            else f"{name} is not among the signed files"
+            if name not in listed
+            else f"{name} was changed after signing (sha256 differs)",
+        )
+    _check_subject(bundle, result)
+    absent = sorted(set(listed) - set(files))
+    if absent:
+        result.notes.append(
+            "signed but not at hand, so only their signed digests were checked: "
+            + ", ".join(absent)
+        )
+    return result
+
+
+def _check_bundle(raw: bytes, trust: TrustPolicy, result: VerificationResult) -> _Bundle | None:
+    """Parse the bundle and check its signature under ``trust``."""
+    try:
+        if not raw or len(raw) > MAX_BUNDLE_BYTES:
+            raise ValueError(f"it is empty or larger than {MAX_BUNDLE_BYTES} bytes")
+        bundle = _parse_bundle(raw)
     except ValueError as exc:
         result.add("signature bundle", False, f"{SIGNATURE_NAME} is damaged or not a bundle: {exc}")
-        return result
+        return None
     result.add(
         "signature bundle", True, f"{SIGNATURE_NAME} is a well-formed model-signing v1.0 bundle"
     )
@@ -277,9 +334,11 @@ def verify_directory(
     else:
         result.signer = "sha256:" + key_fingerprint(verifying_key)
         _check_signature(bundle, verifying_key, result)
-    _check_files(folder, bundle.resources, result)
-    expected = subject_digest(bundle.resources)
-    ok = bundle.subject_digest == expected
+    return bundle
+
+
+def _check_subject(bundle: _Bundle, result: VerificationResult) -> None:
+    ok = bundle.subject_digest == subject_digest(bundle.resources)
     result.add(
         "subject digest",
         ok,
@@ -287,9 +346,6 @@ def verify_directory(
         if ok
         else f"the subject digest {bundle.subject_digest} is not the digest of the listed resources",
     )
-    if content_checks is not None and all(c.ok for c in result.checks):
-        content_checks(folder, result)
-    return result
 
 
 @dataclass(frozen=True)

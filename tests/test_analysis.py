@@ -166,7 +166,8 @@ def test_findings_hold_the_documented_fields(panel: dict[str, Path]) -> None:
         findings["victim"]["digest"] == victim.digest
         and findings["suspect"]["digest"] == derived.digest
     )
-    assert findings["probes"] == {"digest": victim.probes_digest, "count": N}
+    assert findings["probes"] == {"name": "synthetic", "digest": victim.probes_digest, "count": N}
+    assert findings["extraction"] == {"pooling": "last"}
     per_layer = findings["per_layer"]
     assert per_layer["estimator"] == "linear-debiased"
     assert len(per_layer["matrix"]) == BLOCKS + 1 and len(per_layer["matrix_biased"]) == BLOCKS + 1

@@ -1,0 +1,128 @@
+"""Recompute a findings record from the fingerprints it names, and say where it disagrees.
+
+The findings name every fingerprint they used by digest: the victim, the suspect, the references
+and the positive controls. Given those fingerprints, `check` runs again with the recorded
+settings (decision rule, resamples, seed), and every number must agree to ``tolerance``
+(absolute), every text and digest exactly. Positive controls whose fingerprints were not given
+are not recomputed (they were made in a scratch directory); that is reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .analysis import DecisionRule, check
+from .fingerprint import Fingerprint
+
+TOLERANCE = 1e-9
+#: Fields that say when and by what the record was made, not what was measured.
+NOT_MEASURED = ("created", "tool")
+
+
+@dataclass
+class Recomputation:
+    differences: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # required fingerprints not given
+    not_recomputed: list[str] = field(default_factory=list)  # positive controls not given
+    compared: int = 0  # numbers compared
+
+    @property
+    def agrees(self) -> bool:
+        return not self.differences and not self.missing
+
+
+def recompute(
+    record: dict[str, Any], fingerprints: Sequence[Fingerprint], tolerance: float = TOLERANCE
+) -> Recomputation:
+    by_digest = {fp.digest: fp for fp in fingerprints}
+    outcome = Recomputation()
+
+    def need(role: str, digest: str) -> Fingerprint | None:
+        found = by_digest.get(digest)
+        if found is None:
+            outcome.missing.append(f"{role} ({digest})")
+        return found
+
+    victim = need("the victim", record["victim"]["digest"])
+    suspect = need("the suspect", record["suspect"]["digest"])
+    references = [
+        need(f"reference {i + 1} {r['name']}", r["digest"])
+        for i, r in enumerate(record["references"])
+    ]
+    controls = []
+    for row in record["controls"]["positive"]:
+        if "digest" not in row:
+            continue
+        if row["digest"] in by_digest:
+            controls.append((row["name"], by_digest[row["digest"]]))
+        else:
+            outcome.not_recomputed.append(row["name"])
+    if victim is None or suspect is None or any(r is None for r in references):
+        return outcome
+    rule = DecisionRule(**{k: v for k, v in record["decision_rule"].items() if k != "text"})
+    method = record["stability_method"]
+    again = check(
+        victim,
+        suspect,
+        [r for r in references if r is not None],
+        positive_controls=controls,
+        skipped_positive_controls=record["controls"]["positive_skipped"],
+        positive_skips=[row for row in record["controls"]["positive"] if "skipped" in row],
+        rule=rule,
+        resamples=int(method["resamples"]),
+        seed=int(method.get("seed", 0)),
+    ).as_json()
+    expected = {k: v for k, v in record.items() if k not in NOT_MEASURED}
+    computed = {k: v for k, v in again.items() if k not in NOT_MEASURED}
+    if outcome.not_recomputed:  # compare only the controls that were recomputed
+        names = {name for name, _ in controls}
+        expected["controls"] = {
+            **expected["controls"],
+            "positive": [
+                row
+                for row in expected["controls"]["positive"]
+                if "digest" not in row or row["name"] in names
+            ],
+        }
+    _compare(expected, computed, "", tolerance, outcome)
+    return outcome
+
+
+def _compare(
+    recorded: Any, computed: Any, where: str, tolerance: float, outcome: Recomputation
+) -> None:
+    if len(outcome.differences) >= 20:
+        return
+    label = where or "the record"
+    if isinstance(recorded, dict) and isinstance(computed, dict):
+        if recorded.keys() != computed.keys():
+            outcome.differences.append(f"{label}: fields differ")
+            return
+        for key in recorded:
+            _compare(recorded[key], computed[key], f"{where}.{key}".lstrip("."), tolerance, outcome)
+        return
+    if isinstance(recorded, list) and isinstance(computed, list):
+        if len(recorded) != len(computed):
+            outcome.differences.append(
+                f"{label}: {len(recorded)} entries recorded, {len(computed)} recomputed"
+            )
+            return
+        for i, (a, b) in enumerate(zip(recorded, computed, strict=True)):
+            _compare(a, b, f"{where}[{i}]", tolerance, outcome)
+        return
+    numbers = (int, float)
+    if (
+        isinstance(recorded, numbers)
+        and isinstance(computed, numbers)
+        and not isinstance(recorded, bool)
+        and not isinstance(computed, bool)
+    ):
+        outcome.compared += 1
+        if not math.isclose(float(recorded), float(computed), rel_tol=0.0, abs_tol=tolerance):
+            outcome.differences.append(f"{label}: recorded {recorded!r}, recomputed {computed!r}")
+        return
+    if recorded != computed:
+        outcome.differences.append(f"{label}: recorded {recorded!r}, recomputed {computed!r}")
