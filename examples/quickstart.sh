@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The quick start: build small models, fingerprint and sign them, compare, check the suspects
-# against the victim with a calibrated verdict, and verify the signed evidence as an auditor.
+# against the victim with a calibrated verdict and a signed PDF report, and verify the signed
+# evidence as an auditor.
 # Run through `make demo` (which installs everything first), or directly with reef-forensics on
 # the PATH:  bash examples/quickstart.sh [DIR]
 set -euo pipefail
@@ -34,14 +35,19 @@ for suspect in suspect-derived suspect-unrelated; do
     --victim-model "$DIR/models/victim" \
     --reference "$DIR/fingerprints/reference-11" --reference "$DIR/fingerprints/reference-12" \
     --reference "$DIR/fingerprints/reference-13" \
-    --out "$DIR/findings-$suspect" --overwrite --key "$DIR/keys/signing-key.pem" --cert "$DIR/keys/signer-cert.pem"
+    --out "$DIR/findings-$suspect" --overwrite --key "$DIR/keys/signing-key.pem" --cert "$DIR/keys/signer-cert.pem" \
+    --report "$DIR/report-$suspect.pdf"
 done
 
 echo
 echo "== 6. verify the signed evidence as an auditor would (trusting only the CA certificate)"
 reef-forensics verify "$DIR/fingerprints/victim" --trust "$DIR/keys/ca-cert.pem"
 reef-forensics verify "$DIR/findings-suspect-derived" --trust "$DIR/keys/ca-cert.pem"
+echo "--- the signed PDF report, every number recomputed from the signed fingerprints"
+reef-forensics verify "$DIR/report-suspect-derived.pdf" --trust "$DIR/keys/ca-cert.pem" \
+  --evidence "$DIR"/fingerprints/{victim,suspect-derived,reference-11,reference-12,reference-13}
 
 echo
 echo "Done. Look in $DIR/: fingerprints/ (signed), findings-*/findings.json (signed verdicts),"
-echo "compare-*.json; docs/verify.md shows how to check them with openssl alone."
+echo "report-*.pdf (signed reports), compare-*.json; docs/verify.md shows how to check them with"
+echo "openssl alone, and each report's last section how to check it with pdfsig and pyHanko."
