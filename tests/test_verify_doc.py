@@ -117,3 +117,56 @@ def test_the_documented_certificate_steps_verify_a_certificate_signed_fingerprin
     assert ": OK" in done.stdout and "Verified OK" in done.stdout
     refused = run_doc(target, None, tmp_path / "work2", ca=other.ca_certificate)
     assert refused.returncode != 0
+
+
+def test_the_documented_report_steps_verify_a_signed_report(
+    tmp_path: Path, fingerprints: dict[str, Path]
+) -> None:
+    """Section 9: pdfsig and pdfdetach on a real report, then steps 7 and 2 to 5 on the
+    attached findings; and a report whose findings were swapped is caught."""
+    from reef_forensics.analysis import check
+    from reef_forensics.fingerprint import read_fingerprint
+    from reef_forensics.report import write_report
+
+    keys = generate_keys(tmp_path / "keys", PASSPHRASE)
+    signer = load_signer(
+        keys.private_key, passphrase=PASSPHRASE, certificate=keys.signer_certificate
+    )
+    victim, suspect, *refs = (
+        read_fingerprint(fingerprints[n]) for n in ("victim", "derived", "unrelated", "bert")
+    )
+    check(victim, suspect, refs).write(tmp_path / "findings", signer=signer)
+    report = write_report(tmp_path / "findings", tmp_path / "report.pdf", signer)
+    text = DOC.read_text()
+    report_steps = re.findall(r"```sh-report\n(.*?)```", text, re.S)
+    field = re.search(r"^field\(\) .*$", text, re.M)
+    cert_steps = re.findall(r"```sh-cert\n(.*?)```", text, re.S)
+    directory_steps = [b for b in re.findall(r"```sh\n(.*?)```", text, re.S) if "probes" not in b]
+    assert len(report_steps) == 2 and field and cert_steps and len(directory_steps) >= 4
+    script = "\n".join(
+        ["set -euo pipefail", *report_steps, field.group(0), *cert_steps, *directory_steps]
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {
+        "REPORT": str(report),
+        "CA": str(keys.ca_certificate),
+        "WORK": str(work),
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+    }
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Total document signed" in done.stdout and "findings.json: OK" in done.stdout
+    assert "Verified OK" in done.stdout
+    broken = tmp_path / "broken.pdf"
+    data = bytearray(report.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    broken.write_bytes(bytes(data))
+    (work2 := tmp_path / "work2").mkdir()
+    refused = subprocess.run(
+        ["bash", "-c", script],
+        env={**env, "REPORT": str(broken), "WORK": str(work2)},
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0
