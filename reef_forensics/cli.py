@@ -239,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the weight-space derivatives of the victim (faster)",
     )
     chk.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking server for models:/NAME/VERSION arguments (default MLFLOW_TRACKING_URI)",
+    )
+    chk.add_argument(
         "--report",
         metavar="PDF",
         help="also render the signed PDF report (needs --out, --key and --cert)",
@@ -277,6 +282,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)"
     )
     rep.set_defaults(handler=_cmd_report)
+
+    work = commands.add_parser(
+        "worker",
+        help="fingerprint and screen queued model versions (the MLflow integration)",
+        description="Take jobs from the queue that the registry-store plugin and the webhook "
+        "receiver fill: fingerprint each model version, log the signed fingerprint, tag the "
+        "version, and screen it against the protected victims.",
+    )
+    work.add_argument(
+        "--config", metavar="FILE", help="the TOML configuration (default $REEF_CONFIG)"
+    )
+    work.add_argument(
+        "--until-empty", action="store_true", help="stop when no job is due (default: run forever)"
+    )
+    work.add_argument(
+        "--poll", type=float, default=2.0, metavar="SECONDS", help="wait between empty polls"
+    )
+    work.add_argument("--json", metavar="FILE", help="write the queue's counts as JSON at the end")
+    work.set_defaults(handler=_cmd_worker)
+
+    serve = commands.add_parser(
+        "serve",
+        help="receive MLflow webhooks (model_version.created) into the job queue",
+        description="An HTTP receiver for MLflow's model_version.created webhook: checks the HMAC "
+        "signature (secret in $REEF_WEBHOOK_SECRET or the variable the configuration names), "
+        "rejects stale timestamps and replayed delivery ids, and queues the version.",
+    )
+    serve.add_argument(
+        "--config", metavar="FILE", help="the TOML configuration (default $REEF_CONFIG)"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    serve.set_defaults(handler=_cmd_serve)
+
+    cfg = commands.add_parser("config", help="check the deployment configuration")
+    cfg_commands = cfg.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    cfg_check = cfg_commands.add_parser(
+        "check", help="load the configuration and check every part of it"
+    )
+    cfg_check.add_argument(
+        "--config", metavar="FILE", help="the TOML configuration (default $REEF_CONFIG)"
+    )
+    cfg_check.add_argument(
+        "--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)"
+    )
+    cfg_check.set_defaults(handler=_cmd_config_check)
 
     keys = commands.add_parser(
         "keys",
@@ -523,7 +576,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         "trust_remote_code": args.trust_remote_code,
         "device": args.device,
     }
-    victim_is_model = not Path(args.victim, "fingerprint.json").is_file()
+    victim_is_model = not Path(args.victim, "fingerprint.json").is_file()  # models:/ included
     if args.probes != DEFAULT_SPEC and not victim_is_model:
         raise BadInputError(
             "--probes applies only when the victim is a model; a fingerprint brings its own"
@@ -537,6 +590,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         )
     probes = load_probes(args.probes) if victim_is_model else None
     with tempfile.TemporaryDirectory(prefix="reef-check-") as scratch:
+        _materialize_model_uris(args, Path(scratch))
         findings = check_paths(
             args.victim,
             args.suspect,
@@ -584,6 +638,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _materialize_model_uris(args: argparse.Namespace, scratch: Path) -> None:
+    """Replace every models:/NAME/VERSION argument by the version's files, downloaded from the
+    tracking server (--tracking-uri, else MLFLOW_TRACKING_URI)."""
+    values = [args.victim, args.suspect, args.victim_model, args.merge_with, *args.reference]
+    if not any(v and v.startswith("models:/") for v in values):
+        return
+    from .registry import localize
+
+    local = localize(values, scratch, args.tracking_uri)
+    args.victim, args.suspect, args.victim_model, args.merge_with = local[:4]
+    args.reference = local[4:]
+
+
 def _check_report_target(path: str, *, overwrite: bool) -> None:
     target = Path(path)
     if target.is_dir():
@@ -612,6 +679,89 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.json != "-":
         print(f"report: {written} (PDF/A-4f, certification signature, evidence attached)")
     return 0
+
+
+def _queue_for(config: Any) -> Any:
+    from .jobqueue import JobQueue
+
+    return JobQueue(
+        config.queue,
+        lease_seconds=config.lease_seconds,
+        max_attempts=config.max_attempts,
+        backoff_seconds=config.backoff_seconds,
+    )
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .worker import Worker
+
+    config = load_config(args.config)
+    if config.tracking_uri is None:
+        raise BadInputError(
+            "no tracking URI: set tracking_uri, REEF_TRACKING_URI or MLFLOW_TRACKING_URI"
+        )
+    queue = _queue_for(config)
+    worker = Worker(config, queue)
+    try:
+        handled = worker.run(until_empty=args.until_empty, poll_seconds=args.poll)
+    except KeyboardInterrupt:
+        handled = -1
+    counts = queue.counts()
+    if args.json:
+        _emit_json(args.json, {"handled": handled, "jobs": counts})
+    if args.json != "-":
+        print(
+            f"worker: {handled} job(s) handled; queue: "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+        )
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .plugins.webhook import make_server
+
+    config = load_config(args.config)
+    secret = config.webhook_secret
+    if not secret:
+        raise BadInputError(
+            f"no webhook secret: set {config.webhook_secret_env} to the secret given to MLflow's webhook"
+        )
+    server = make_server(args.host, args.port, _queue_for(config), secret, config.webhook_max_age)
+    print(
+        f"receiving MLflow webhooks on http://{args.host}:{server.server_address[1]}/ (queue {config.queue})",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from .config import check_config, load_config
+
+    config = load_config(args.config)
+    results = check_config(config)
+    ok = all(passed for _, passed, _ in results)
+    if args.json:
+        _emit_json(
+            args.json,
+            {
+                "valid": ok,
+                "source": str(config.source) if config.source else None,
+                "checks": [{"name": n, "ok": p, "detail": d} for n, p, d in results],
+            },
+        )
+    if args.json != "-":
+        for name, passed, detail in results:
+            print(f"{'ok  ' if passed else 'FAIL'}  {name}: {detail}")
+        print(("VALID" if ok else "NOT VALID") + f": {config.source or 'environment only'}")
+    return 0 if ok else 1
 
 
 def _cmd_keys_generate(args: argparse.Namespace) -> int:

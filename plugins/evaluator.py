@@ -1,0 +1,106 @@
+"""`mlflow.models.evaluate(suspect, data, evaluators=["reef"], evaluator_config={"reef": {...}})`:
+a forensic check of the evaluated model against a victim, logged to the evaluation's run.
+
+``evaluator_config["reef"]``:
+
+- ``victim`` (required): ``models:/NAME/VERSION``, a model folder or a fingerprint directory;
+- ``references``: a list of the same kinds (at least 3 for a verdict);
+- ``victim_model``: the victim model, when ``victim`` is a fingerprint (positive controls);
+- ``positive_controls``: false to skip them (default: made when the victim is a model);
+- ``key``, ``cert``, ``chain``, ``passphrase_file``: sign the findings and render the signed report
+  (defaults: the deployment configuration, $REEF_CONFIG).
+
+The evaluation data is not used: the probe texts are the victim's. Logged: metrics
+``reef_score`` and ``reef_p_value`` (when defined), artifacts ``reef/findings/`` (signed) and
+``reef/report.pdf`` (with a key and certificate), and the tag ``reef.verdict``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
+
+
+class ReefEvaluator(ModelEvaluator):
+    @classmethod
+    def can_evaluate(cls, *, model_type: Any, evaluator_config: Any, **kwargs: Any) -> bool:
+        return isinstance(evaluator_config, dict) and "victim" in evaluator_config
+
+    def evaluate(
+        self,
+        *,
+        model_type: Any,
+        dataset: Any,
+        run_id: str,
+        evaluator_config: dict[str, Any],
+        model: Any = None,
+        **kwargs: Any,
+    ) -> EvaluationResult:
+        from mlflow import MlflowClient
+
+        from reef_forensics.analysis import check_paths
+        from reef_forensics.config import load_config
+        from reef_forensics.keys import load_signer, read_passphrase
+        from reef_forensics.registry import localize
+
+        config = load_config()
+        settings = dict(evaluator_config)
+        suspect = settings.get("suspect") or (
+            f"models:/{kwargs['model_id']}" if kwargs.get("model_id") else None
+        )
+        if suspect is None:
+            raise ValueError("reef: evaluate a logged model, or give evaluator_config suspect=")
+        key = settings.get("key") or config.key
+        signer = (
+            load_signer(
+                key,
+                passphrase=read_passphrase(
+                    settings.get("passphrase_file") or config.passphrase_file
+                ),
+                certificate=settings.get("cert") or config.cert,
+                chain=settings.get("chain") or config.chain,
+            )
+            if key
+            else None
+        )
+        client = MlflowClient()
+        with tempfile.TemporaryDirectory(prefix="reef-evaluate-") as scratch:
+            work = Path(scratch)
+            references = list(settings.get("references", []))
+            victim, suspect_path, victim_model, *refs = localize(
+                [settings["victim"], suspect, settings.get("victim_model"), *references],
+                work / "models",
+            )
+            assert victim is not None and suspect_path is not None
+            findings = check_paths(
+                victim,
+                suspect_path,
+                [r for r in refs if r is not None],
+                workdir=work / "check",
+                positive_controls=bool(settings.get("positive_controls", True)),
+                victim_model=victim_model,
+            )
+            out = work / "out"
+            findings.write(out / "findings", signer=signer)
+            if signer is not None and signer.certificate is not None:
+                from reef_forensics.report import write_report
+
+                victim_fp = (
+                    Path(victim)
+                    if Path(victim, "fingerprint.json").is_file()
+                    else work / "check" / "victim"
+                )
+                write_report(out / "findings", out / "report.pdf", signer, victim=victim_fp)
+            client.log_artifacts(run_id, str(out), artifact_path="reef")
+        record = findings.as_json()
+        metrics = {"reef_score": record["score"]}
+        if record["p_value"] is not None:
+            metrics["reef_p_value"] = record["p_value"]
+        for name, value in metrics.items():
+            if value is not None:
+                client.log_metric(run_id, name, value)
+        client.set_tag(run_id, "reef.verdict", record["verdict"])
+        return EvaluationResult(metrics=metrics, artifacts={}, run_id=run_id)

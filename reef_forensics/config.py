@@ -1,0 +1,249 @@
+"""Deployment configuration: one TOML file plus environment variables (which win).
+
+```toml
+tracking_uri = "sqlite:///mlflow.db"   # REEF_TRACKING_URI, else MLFLOW_TRACKING_URI
+queue = "reef-queue.sqlite"            # REEF_QUEUE
+probes = "builtin:default"             # REEF_PROBES
+work_dir = "reef-work"                 # scratch space for downloads and fingerprints
+
+[signing]
+key = "keys/signing-key.pem"           # REEF_KEY; passphrase: REEF_KEY_PASSPHRASE or passphrase_file
+cert = "keys/signer-cert.pem"          # REEF_CERT
+chain = "keys/ca-cert.pem"             # optional
+
+[screening]
+victims = ["models:/flagship/1"]       # besides every version tagged reef.role=victim
+references = ["models:/indep-a/1", "refs/indep-b"]  # besides versions tagged reef.role=reference
+alpha = 0.01
+unrelated_alpha = 0.05
+margin = 0.05
+min_references = 3
+
+[worker]
+max_attempts = 5
+lease_seconds = 600
+backoff_seconds = 5
+
+[webhook]
+secret_env = "REEF_WEBHOOK_SECRET"     # the secret itself never sits in the file
+max_age_seconds = 300
+```
+
+Relative paths are relative to the file. `reef-forensics config check` loads it, checks that
+every path exists, the key loads and the queue opens, and prints what it found.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_ENV = "REEF_CONFIG"
+DEFAULT_QUEUE = Path.home() / ".reef-forensics" / "queue.sqlite"
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path | None = None
+    tracking_uri: str | None = None
+    queue: Path = DEFAULT_QUEUE
+    probes: str = "builtin:default"
+    work_dir: Path = field(default_factory=lambda: Path.home() / ".reef-forensics" / "work")
+    key: Path | None = None
+    cert: Path | None = None
+    chain: Path | None = None
+    passphrase_file: Path | None = None
+    victims: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    rule: dict[str, Any] = field(default_factory=dict)
+    max_attempts: int = 5
+    lease_seconds: float = 600.0
+    backoff_seconds: float = 5.0
+    webhook_secret_env: str = "REEF_WEBHOOK_SECRET"
+    webhook_max_age: float = 300.0
+
+    @property
+    def webhook_secret(self) -> str | None:
+        return os.environ.get(self.webhook_secret_env) or None
+
+
+_SECTIONS = {
+    "": {"tracking_uri", "queue", "probes", "work_dir"},
+    "signing": {"key", "cert", "chain", "passphrase_file"},
+    "screening": {"victims", "references", "alpha", "unrelated_alpha", "margin", "min_references"},
+    "worker": {"max_attempts", "lease_seconds", "backoff_seconds"},
+    "webhook": {"secret_env", "max_age_seconds"},
+}
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """The configuration from ``path`` (or $REEF_CONFIG, or none), then the environment."""
+    chosen = path or os.environ.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    source = None
+    if chosen:
+        source = Path(chosen)
+        try:
+            data = tomllib.loads(source.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise BadInputError(
+                f"cannot read the configuration {source}: {exc.strerror or exc}"
+            ) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"{source} is not valid TOML: {exc}") from None
+        base = source.resolve().parent
+    _check_keys(data, source)
+    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    signing, screening = data.get("signing", {}), data.get("screening", {})
+    worker, webhook = data.get("worker", {}), data.get("webhook", {})
+
+    def path_of(value: Any, what: str) -> Path | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise BadInputError(f"{what} must be a path (a non-empty string)")
+        candidate = Path(value).expanduser()
+        return candidate if candidate.is_absolute() else base / candidate
+
+    def strings(value: Any, what: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise BadInputError(f"{what} must be a list of strings")
+        return tuple(
+            v if v.startswith(("models:/", "runs:/")) else str(path_of(v, what)) for v in value
+        )
+
+    def number(section: dict[str, Any], key: str, default: float, what: str) -> float:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise BadInputError(f"{what} must be a non-negative number")
+        return float(value)
+
+    env = os.environ
+    rule = {
+        k: screening[k]
+        for k in ("alpha", "unrelated_alpha", "margin", "min_references")
+        if k in screening
+    }
+    if rule:
+        from .analysis import DecisionRule
+
+        try:
+            DecisionRule(**rule)
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(f"[screening] decision rule: {exc}") from None
+    return Config(
+        source=source,
+        tracking_uri=env.get("REEF_TRACKING_URI")
+        or top.get("tracking_uri")
+        or env.get("MLFLOW_TRACKING_URI"),
+        queue=path_of(env.get("REEF_QUEUE") or top.get("queue"), "queue") or DEFAULT_QUEUE,
+        probes=env.get("REEF_PROBES") or top.get("probes") or "builtin:default",
+        work_dir=path_of(top.get("work_dir"), "work_dir") or Config().work_dir,
+        key=path_of(env.get("REEF_KEY") or signing.get("key"), "[signing] key"),
+        cert=path_of(env.get("REEF_CERT") or signing.get("cert"), "[signing] cert"),
+        chain=path_of(signing.get("chain"), "[signing] chain"),
+        passphrase_file=path_of(signing.get("passphrase_file"), "[signing] passphrase_file"),
+        victims=strings(screening.get("victims", []), "[screening] victims"),
+        references=strings(screening.get("references", []), "[screening] references"),
+        rule=rule,
+        max_attempts=int(number(worker, "max_attempts", 5, "[worker] max_attempts")),
+        lease_seconds=number(worker, "lease_seconds", 600, "[worker] lease_seconds"),
+        backoff_seconds=number(worker, "backoff_seconds", 5, "[worker] backoff_seconds"),
+        webhook_secret_env=str(webhook.get("secret_env", "REEF_WEBHOOK_SECRET")),
+        webhook_max_age=number(webhook, "max_age_seconds", 300, "[webhook] max_age_seconds"),
+    )
+
+
+def _check_keys(data: dict[str, Any], source: Path | None) -> None:
+    where = source or "the configuration"
+    for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in _SECTIONS:
+                raise BadInputError(f"{where}: unknown section [{key}]")
+            unknown = set(value) - _SECTIONS[key]
+            if unknown:
+                raise BadInputError(
+                    f"{where}: unknown key(s) in [{key}]: {', '.join(sorted(unknown))}"
+                )
+        elif key not in _SECTIONS[""]:
+            raise BadInputError(f"{where}: unknown key {key!r}")
+
+
+def check_config(config: Config) -> list[tuple[str, bool, str]]:
+    """What `config check` reports: each item (name, ok, detail)."""
+    from .jobqueue import JobQueue
+    from .keys import load_signer, read_passphrase
+    from .probes import load_probes
+
+    results: list[tuple[str, bool, str]] = []
+
+    def attempt(name: str, action: Any) -> None:
+        try:
+            results.append((name, True, str(action())))
+        except Exception as exc:  # every problem is reported, none stops the others
+            from .errors import first_line
+
+            results.append((name, False, first_line(exc)))
+
+    results.append(
+        (
+            "tracking uri",
+            config.tracking_uri is not None,
+            config.tracking_uri
+            or "not set (REEF_TRACKING_URI, MLFLOW_TRACKING_URI or tracking_uri)",
+        )
+    )
+    attempt("queue", lambda: f"{config.queue} ({JobQueue(config.queue).counts()})")
+    attempt(
+        "probes",
+        lambda: (lambda p: f"{p.name}: {len(p)} texts, {p.digest}")(load_probes(config.probes)),
+    )
+    if config.key is None:
+        results.append(
+            (
+                "signing key",
+                False,
+                "no key: fingerprints would be unsigned ([signing] key or REEF_KEY)",
+            )
+        )
+    else:
+        attempt(
+            "signing key",
+            lambda: (
+                "loaded"
+                + (
+                    " with its certificate"
+                    if load_signer(
+                        config.key,
+                        passphrase=read_passphrase(config.passphrase_file),
+                        certificate=config.cert,
+                        chain=config.chain,
+                    ).certificate
+                    else " (no certificate: reports need one)"
+                )
+            ),
+        )
+    for reference in config.references:
+        if not reference.startswith(("models:/", "runs:/")):
+            results.append(
+                (
+                    f"reference {reference}",
+                    Path(reference).exists(),
+                    "exists" if Path(reference).exists() else "missing",
+                )
+            )
+    results.append(
+        ("victims", True, f"{len(config.victims)} listed, plus versions tagged reef.role=victim")
+    )
+    return results

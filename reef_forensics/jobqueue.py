@@ -1,0 +1,176 @@
+"""A durable job queue in SQLite (WAL mode): one job per model version, at-least-once delivery.
+
+- `enqueue` is idempotent: a version already queued (by the registry store, a webhook, or both,
+  any number of times) stays one job. Returns whether a new job was made.
+- `claim` hands a worker the oldest job that is due, under a lease. A worker that dies mid-job
+  stops renewing nothing: when its lease runs out, the job is due again (at-least-once).
+- `complete` ends a job; `fail` puts it back with exponential backoff, or marks it `failed`
+  once its attempts are spent. Processing must be idempotent (the worker checks the version's
+  tags before it fingerprints).
+- `seen_delivery` records a webhook delivery id and says whether it was seen before (replays).
+
+Every operation is one short transaction (``BEGIN IMMEDIATE``), so several processes (the
+MLflow server's store plugin, a webhook receiver, workers) can share the file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    source TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',   -- pending, running, done, failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    available_at REAL NOT NULL,
+    lease_until REAL,
+    worker TEXT,
+    last_error TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    UNIQUE (name, version)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    received REAL NOT NULL
+);
+"""
+STATES = ("pending", "running", "done", "failed")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    name: str
+    version: str
+    source: str | None
+    state: str
+    attempts: int
+    last_error: str | None = None
+
+
+class JobQueue:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lease_seconds: float = 600.0,
+        max_attempts: int = 5,
+        backoff_seconds: float = 5.0,
+    ) -> None:
+        self.path = Path(path)
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.backoff_seconds = backoff_seconds
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def enqueue(self, name: str, version: str | int, source: str | None = None) -> bool:
+        now = time.time()
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO jobs (name, version, source, available_at, created, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (name, str(version), source, now, now, now),
+            )
+            return cursor.rowcount == 1
+
+    def claim(self, worker: str, now: float | None = None) -> Job | None:
+        """The next due job, leased to ``worker``; None when nothing is due."""
+        moment = time.time() if now is None else now
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE (state = 'pending' AND available_at <= ?)"
+                " OR (state = 'running' AND lease_until < ?) ORDER BY available_at, id LIMIT 1",
+                (moment, moment),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?,"
+                " worker = ?, updated = ? WHERE id = ?",
+                (moment + self.lease_seconds, worker, moment, row[0]),
+            )
+            return self._job(db, row[0])
+
+    def complete(self, job: Job) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'done', lease_until = NULL, last_error = NULL,"
+                " updated = ? WHERE id = ?",
+                (time.time(), job.id),
+            )
+
+    def fail(self, job: Job, error: str, *, retry: bool = True) -> str:
+        """Back to the queue after a backoff, or `failed` when attempts are spent (or
+        ``retry`` is False: an error that cannot go away). Returns the new state."""
+        now = time.time()
+        with self._transaction() as db:
+            attempts = db.execute("SELECT attempts FROM jobs WHERE id = ?", (job.id,)).fetchone()[0]
+            final = not retry or attempts >= self.max_attempts
+            delay = self.backoff_seconds * 2 ** max(0, attempts - 1)
+            db.execute(
+                "UPDATE jobs SET state = ?, available_at = ?, lease_until = NULL,"
+                " last_error = ?, updated = ? WHERE id = ?",
+                ("failed" if final else "pending", now + delay, error[:2000], now, job.id),
+            )
+            return "failed" if final else "pending"
+
+    def seen_delivery(self, delivery_id: str) -> bool:
+        """Record a webhook delivery id; True when it had been recorded before (a replay)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO deliveries (delivery_id, received) VALUES (?, ?)",
+                (delivery_id, time.time()),
+            )
+            return cursor.rowcount == 0
+
+    def jobs(self) -> list[Job]:
+        with self._connect() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM jobs ORDER BY id")]
+            return [self._job(db, i) for i in ids]
+
+    def counts(self) -> dict[str, int]:
+        with self._connect() as db:
+            found = dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        return {state: int(found.get(state, 0)) for state in STATES}
+
+    @staticmethod
+    def _job(db: sqlite3.Connection, job_id: int) -> Job:
+        row = db.execute(
+            "SELECT id, name, version, source, state, attempts, last_error FROM jobs WHERE id = ?",
+            (job_id,),
+        ).fetchone()
+        return Job(*row)

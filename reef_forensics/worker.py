@@ -1,0 +1,293 @@
+"""The worker: fingerprint each queued model version, then screen it against the protected victims.
+
+For a job (a model version), `process`:
+
+1. reads the version; if it is already fingerprinted (tags ``reef.status=done`` and
+   ``reef.fingerprint.digest``), there is nothing to do: repeated events are harmless;
+2. downloads its files, fingerprints them on the deployment's probe set, signs the fingerprint,
+   logs it as artifacts of the version's run under ``reef/NAME/vVERSION/fingerprint`` and tags the
+   version (``reef.model.digest``, ``reef.fingerprint.digest``, ``reef.probes.digest``,
+   ``reef.fingerprint.uri``);
+3. screens it against every victim (versions tagged ``reef.role=victim`` and the configured
+   ones) with the references (versions tagged ``reef.role=reference`` and the configured ones):
+   a tag ``reef.screen.VICTIM.vVERSION`` with the verdict, score and p-value, and for `derived` or
+   `inconclusive` the signed findings and the signed report as artifacts under
+   ``reef/NAME/vVERSION/screening/``;
+4. tags ``reef.status=done``.
+
+A failure tags ``reef.status=failed`` with ``reef.status.reason`` and goes back to the queue with
+backoff (a model whose files cannot be loaded fails at once, with no retry: it cannot get
+better). A victim or reference not fingerprinted yet is queued, and the job retried later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .errors import BadInputError, ModelLoadError, ReefError, first_line
+from .jobqueue import Job, JobQueue
+from .registry import (
+    SCREEN_PREFIX,
+    TAG_FINGERPRINT_DIGEST,
+    TAG_FINGERPRINT_URI,
+    TAG_MODEL_DIGEST,
+    TAG_PROBES_DIGEST,
+    TAG_REASON,
+    TAG_STATUS,
+    client,
+    fingerprint_of,
+    materialize,
+    parse_models_uri,
+    versions_with_role,
+)
+
+_log = logging.getLogger(__name__)
+
+
+class JobFailed(Exception):
+    """A job that did not finish; ``retry`` says whether trying again can help."""
+
+    def __init__(self, reason: str, *, retry: bool) -> None:
+        super().__init__(reason)
+        self.retry = retry
+
+
+@dataclass
+class Worker:
+    config: Config
+    queue: JobQueue
+    name: str = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __post_init__(self) -> None:
+        from .keys import load_signer, read_passphrase
+        from .probes import load_probes
+
+        self.client = client(self.config.tracking_uri)
+        self.probes = load_probes(self.config.probes)
+        self.signer = (
+            load_signer(
+                self.config.key,
+                passphrase=read_passphrase(self.config.passphrase_file),
+                certificate=self.config.cert,
+                chain=self.config.chain,
+            )
+            if self.config.key is not None
+            else None
+        )
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        until_empty: bool = False,
+        poll_seconds: float = 2.0,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> int:
+        """Take jobs until ``stop()`` (or, with ``until_empty``, until none is due); returns the
+        number of jobs handled."""
+        handled = 0
+        while not stop():
+            job = self.queue.claim(self.name)
+            if job is None:
+                if until_empty:
+                    return handled
+                time.sleep(poll_seconds)
+                continue
+            self.handle(job)
+            handled += 1
+        return handled
+
+    def handle(self, job: Job) -> str:
+        """Process one claimed job; returns its new state."""
+        try:
+            self.process(job)
+        except JobFailed as exc:
+            state = self.queue.fail(job, str(exc), retry=exc.retry)
+            self._tag_failed(job, str(exc), state)
+            _log.warning("reef-forensics: %s/%s %s: %s", job.name, job.version, state, exc)
+            return state
+        except Exception as exc:  # anything unforeseen: reported, retried, never fatal to the loop
+            reason = f"{type(exc).__name__}: {first_line(exc)}"
+            state = self.queue.fail(job, reason, retry=True)
+            self._tag_failed(job, reason, state)
+            return state
+        self.queue.complete(job)
+        return "done"
+
+    def _tag_failed(self, job: Job, reason: str, state: str) -> None:
+        try:
+            self._tag(job.name, job.version, TAG_STATUS, "failed")
+            suffix = "" if state == "failed" else " (will be retried)"
+            self._tag(job.name, job.version, TAG_REASON, (reason + suffix)[:4000])
+        except Exception:  # the registry itself is down: the queue still has the record
+            pass
+
+    def _tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(name, version, key, value)
+
+    # --- one job ----------------------------------------------------------------------------------
+
+    def process(self, job: Job) -> None:
+        try:
+            version = self.client.get_model_version(job.name, job.version)
+        except Exception as exc:
+            raise JobFailed(
+                f"cannot read the model version: {first_line(exc)}", retry=True
+            ) from None
+        if version.tags.get(TAG_STATUS) == "done" and version.tags.get(TAG_FINGERPRINT_DIGEST):
+            return  # already fingerprinted and screened: a repeated event
+        self._tag(job.name, job.version, TAG_STATUS, "running")
+        self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="reef-job-", dir=self.config.work_dir) as scratch:
+            work = Path(scratch)
+            fingerprint = self._fingerprint(job, work)
+            run_id = self._run_for(version)
+            artifact_path = f"reef/{job.name}/v{job.version}/fingerprint"
+            self.client.log_artifacts(run_id, str(fingerprint.path), artifact_path=artifact_path)
+            for key, value in (
+                (TAG_MODEL_DIGEST, fingerprint.model_digest),
+                (TAG_FINGERPRINT_DIGEST, fingerprint.digest),
+                (TAG_PROBES_DIGEST, fingerprint.probes_digest),
+                (TAG_FINGERPRINT_URI, f"runs:/{run_id}/{artifact_path}"),
+            ):
+                self._tag(job.name, job.version, key, value)
+            self._screen(job, fingerprint, run_id, work)
+        self._tag(job.name, job.version, TAG_STATUS, "done")
+        with contextlib.suppress(Exception):
+            self.client.delete_model_version_tag(job.name, job.version, TAG_REASON)
+
+    def _fingerprint(self, job: Job, work: Path) -> Any:
+        from .fingerprinting import fingerprint_model
+
+        try:
+            folder = materialize(
+                f"models:/{job.name}/{job.version}", work / "model", self.config.tracking_uri
+            )
+            return fingerprint_model(
+                folder, work / "fingerprint", probes=self.probes, signer=self.signer
+            )
+        except (ModelLoadError, BadInputError) as exc:
+            raise JobFailed(
+                f"the model cannot be fingerprinted: {first_line(exc)}", retry=False
+            ) from None
+        except ReefError as exc:
+            raise JobFailed(first_line(exc), retry=True) from None
+
+    def _run_for(self, version: Any) -> str:
+        if version.run_id:
+            return str(version.run_id)
+        experiment = self.client.get_experiment_by_name("reef-forensics")
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else self.client.create_experiment("reef-forensics")
+        )
+        run = self.client.create_run(experiment_id, run_name=f"{version.name}-v{version.version}")
+        self.client.set_terminated(run.info.run_id)
+        return str(run.info.run_id)
+
+    # --- screening ----------------------------------------------------------------------------------
+
+    def _fingerprints(
+        self, uris: list[str], tagged: list[Any], work: Path, role: str, job: Job
+    ) -> list[tuple[str, Any]]:
+        """(label, fingerprint) for each configured entry and each tagged version, the job's own
+        version excluded; a version not yet fingerprinted is queued and the job retried."""
+        from .fingerprint import read_fingerprint
+
+        found: list[tuple[str, Any]] = []
+        versions = {(v.name, str(v.version)): v for v in tagged}
+        for uri in uris:
+            if uri.startswith("models:/"):
+                name, number = parse_models_uri(uri)
+                versions.setdefault((name, number), self.client.get_model_version(name, number))
+            else:
+                found.append((uri, read_fingerprint(uri)))
+        waiting = []
+        for (name, number), version in sorted(versions.items()):
+            if (name, number) == (job.name, str(job.version)):
+                continue
+            path = fingerprint_of(version, work / role / f"{name}-v{number}", self.client)
+            if path is None:
+                self.queue.enqueue(name, number, version.source)
+                waiting.append(f"{name}/{number}")
+                continue
+            found.append((f"models:/{name}/{number}", read_fingerprint(path)))
+        if waiting:
+            raise JobFailed(
+                f"the {role}(s) {', '.join(waiting)} are not fingerprinted yet (queued); retrying",
+                retry=True,
+            )
+        return found
+
+    def _screen(self, job: Job, suspect: Any, run_id: str, work: Path) -> None:
+        from .analysis import DecisionRule, check, format_p
+
+        victims = self._fingerprints(
+            list(self.config.victims),
+            versions_with_role(self.client, "victim"),
+            work,
+            "victim",
+            job,
+        )
+        if not victims:
+            return
+        references = self._fingerprints(
+            list(self.config.references),
+            versions_with_role(self.client, "reference"),
+            work,
+            "reference",
+            job,
+        )
+        rule = DecisionRule(**self.config.rule)
+        suspect_model = suspect.model_digest
+        for label, victim in victims:
+            panel = [
+                r
+                for _, r in references
+                if r.model_digest not in (victim.model_digest, suspect_model)
+            ]
+            findings = check(
+                victim,
+                suspect,
+                panel,
+                rule=rule,
+                skipped_positive_controls="not made during registry screening (run `check` with the victim model for them)",
+            )
+            record = findings.as_json()
+            key = SCREEN_PREFIX + label.removeprefix("models:/").replace("/", ".v", 1).replace(
+                "/", "_"
+            )
+            p = record["p_value"]
+            self._tag(
+                job.name,
+                job.version,
+                key[:250],
+                f"{record['verdict']} score={record['score']:.4f} p={format_p(p) if p is not None else 'n/a'} refs={record['panel_size']}",
+            )
+            if record["verdict"] == "unrelated":
+                continue
+            folder = work / "screening" / key.removeprefix(SCREEN_PREFIX)
+            findings.write(folder / "findings", signer=self.signer)
+            if self.signer is not None and self.signer.certificate is not None:
+                from .report import write_report
+
+                write_report(
+                    folder / "findings", folder / "report.pdf", self.signer, victim=victim.path
+                )
+            self.client.log_artifacts(
+                run_id,
+                str(folder),
+                artifact_path=f"reef/{job.name}/v{job.version}/screening/{folder.name}",
+            )

@@ -1,0 +1,474 @@
+"""The MLflow integration against a real `mlflow server` on 127.0.0.1 with a SQLite backend: the
+registry-store plugin queues each registration, the worker fingerprints and screens it, the
+webhook receiver takes MLflow's own signed deliveries."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reef_forensics.cli import main
+from reef_forensics.config import load_config
+from reef_forensics.jobqueue import JobQueue
+from reef_forensics.keys import generate_keys
+from reef_forensics.toy_models import make_model
+from reef_forensics.worker import Worker
+
+PASS = "mlflow-test"
+MLFLOW = str(Path(sys.executable).parent / "mlflow")
+REEF = str(Path(sys.executable).parent / "reef-forensics")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], seconds: float, what: str) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"not within {seconds} s: {what}")
+
+
+def start_server(root: Path, *, plugin: bool, env: dict[str, str]) -> Iterator[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    db = f"sqlite:///{root / 'mlflow.db'}"
+    command = [
+        MLFLOW, "server", "--backend-store-uri", db,
+        "--registry-store-uri", ("reef+" if plugin else "") + db,
+        "--default-artifact-root", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    log = (root / "server.log").open("w")
+    process = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        def healthy() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(
+                    "mlflow server exited:\n" + (root / "server.log").read_text()[-3000:]
+                )
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1) as answer:
+                    return bool(answer.status == 200)
+            except OSError:
+                return False
+
+        wait_for(healthy, 90, "mlflow server healthy")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def offline() -> Iterator[None]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")  # mlflow's transformers flavor looks for a model card
+    mp.setenv("REEF_KEY_PASSPHRASE", PASS)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory, offline: None) -> Iterator[dict[str, Any]]:
+    """A server with the store plugin, a queue, keys, a small probe file and a configuration."""
+    root = tmp_path_factory.mktemp("mlflow")
+    keys = generate_keys(root / "keys", PASS.encode())
+    from reef_forensics.probes import load_probes
+
+    probes = root / "probes.txt"
+    probes.write_text("\n".join(load_probes().texts[:60]) + "\n")
+    queue = root / "queue.sqlite"
+    for url in start_server(root / "server", plugin=True, env={"REEF_QUEUE": str(queue)}):
+        config = root / "reef.toml"
+        config.write_text(
+            f'tracking_uri = "{url}"\nqueue = "{queue}"\nprobes = "{probes}"\nwork_dir = "{root / "work"}"\n'
+            f'[signing]\nkey = "{keys.private_key}"\ncert = "{keys.signer_certificate}"\n'
+            "[worker]\nlease_seconds = 3\nbackoff_seconds = 0.2\nmax_attempts = 3\n"
+        )
+        yield {"url": url, "queue": queue, "config": config, "keys": keys, "root": root}
+
+
+def register(url: str, model_dir: Path, name: str) -> Any:
+    """What a user does: log a transformers model and register it, with MLflow's own API."""
+    import mlflow
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    mlflow.set_experiment("users")
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    with mlflow.start_run():
+        info = mlflow.transformers.log_model(
+            {"model": model, "tokenizer": tokenizer},
+            name="model",
+            task="text-generation",
+            registered_model_name=name,
+            pip_requirements=["transformers"],
+        )
+    return info
+
+
+def tags(url: str, name: str, version: str | int) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return dict(MlflowClient(url, url).get_model_version(name, str(version)).tags)
+
+
+def run_worker(deployment: dict[str, Any]) -> int:
+    config = load_config(deployment["config"])
+    queue = JobQueue(
+        config.queue,
+        lease_seconds=config.lease_seconds,
+        max_attempts=config.max_attempts,
+        backoff_seconds=config.backoff_seconds,
+    )
+    return Worker(config, queue).run(until_empty=True)
+
+
+def drain(deployment: dict[str, Any], seconds: float = 120) -> None:
+    """Run the worker until no job is pending or running (retries have short backoffs here)."""
+    queue = JobQueue(deployment["queue"])
+
+    def idle() -> bool:
+        run_worker(deployment)
+        counts = queue.counts()
+        return counts["pending"] == 0 and counts["running"] == 0
+
+    wait_for(idle, seconds, "the queue drained")
+
+
+@pytest.fixture(scope="module")
+def registered(deployment: dict[str, Any], zoo: dict[str, Path], probes: Any) -> dict[str, Any]:
+    """A victim and three references, registered, fingerprinted and given their roles."""
+    from mlflow import MlflowClient
+
+    url = deployment["url"]
+    refs_root = deployment["root"] / "refs"
+    register(url, zoo["victim"], "flagship")
+    for i in range(3):
+        model = make_model(refs_root / f"ref{i}", probes.texts, family="llama", seed=300 + i)
+        register(url, model, f"independent-{i}")
+    drain(deployment)
+    client = MlflowClient(url, url)
+    client.set_model_version_tag("flagship", "1", "reef.role", "victim")
+    for i in range(3):
+        client.set_model_version_tag(f"independent-{i}", "1", "reef.role", "reference")
+    return deployment
+
+
+def test_registration_is_queued_fingerprinted_signed_and_screened(
+    registered: dict[str, Any],
+    zoo: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    import mlflow
+
+    url, keys = registered["url"], registered["keys"]
+    assert tags(url, "flagship", 1)["reef.status"] == "done"
+    started = time.monotonic()
+    register(url, zoo["derived"], "suspect")
+    assert tags(url, "suspect", 1)["reef.status"] == "pending"  # set inside the registration
+    drain(registered)
+    assert time.monotonic() - started < 120
+    found = tags(url, "suspect", 1)
+    assert found["reef.status"] == "done", found
+    for key in ("reef.model.digest", "reef.fingerprint.digest", "reef.probes.digest"):
+        assert found[key].startswith("sha256:")
+    screen = found["reef.screen.flagship.v1"]
+    verdict = screen.split()[0]
+    assert verdict in ("derived", "inconclusive"), screen
+    assert "refs=3" in screen
+    fingerprint = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=found["reef.fingerprint.uri"],
+            dst_path=str(tmp_path / "fp"),
+            tracking_uri=url,
+        )
+    )
+    code = main(["verify", str(fingerprint), "--trust", str(keys.ca_certificate)])
+    assert code == 0
+    base = found["reef.fingerprint.uri"].removesuffix("/fingerprint") + "/screening/flagship.v1"
+    screening = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=base, dst_path=str(tmp_path / "screening"), tracking_uri=url
+        )
+    )
+    assert main(["verify", str(screening / "findings"), "--trust", str(keys.ca_certificate)]) == 0
+    capsys.readouterr()
+    code = main(["verify", str(screening / "report.pdf"), "--trust", str(keys.ca_certificate)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    record = json.loads((screening / "findings" / "findings.json").read_text())
+    assert (
+        record["verdict"] == verdict
+        and record["suspect"]["digest"] == found["reef.fingerprint.digest"]
+    )
+    assert record["victim"]["digest"] == tags(url, "flagship", 1)["reef.fingerprint.digest"]
+
+
+def test_an_unloadable_registration_fails_with_a_reason_and_the_queue_goes_on(
+    registered: dict[str, Any], zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    url = registered["url"]
+    client = MlflowClient(url, url)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.txt").write_text("not a model\n")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(notes), artifact_path="notes")
+    client.create_registered_model("broken")
+    client.create_model_version("broken", f"runs:/{run.info.run_id}/notes", run.info.run_id)
+    register(url, zoo["unrelated"], "after-broken")
+    drain(registered)
+    broken = tags(url, "broken", 1)
+    assert broken["reef.status"] == "failed"
+    assert "cannot be fingerprinted" in broken["reef.status.reason"]
+    assert tags(url, "after-broken", 1)["reef.status"] == "done"
+    assert tags(url, "after-broken", 1)["reef.screen.flagship.v1"].startswith("unrelated")
+    jobs = {(j.name, j.version): j for j in JobQueue(registered["queue"]).jobs()}
+    assert jobs[("broken", "1")].state == "failed" and jobs[("broken", "1")].attempts == 1
+
+
+def test_twenty_registrations_in_a_burst_are_all_fingerprinted(registered: dict[str, Any]) -> None:
+    from mlflow import MlflowClient
+
+    url = registered["url"]
+    client = MlflowClient(url, url)
+    source = client.get_model_version("flagship", "1")
+    client.create_registered_model("burst")
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            client.create_model_version(
+                "burst",
+                source.source,
+                source.run_id,
+                model_id=source.model_id or source.source.removeprefix("models:/"),
+            )
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    versions = client.search_model_versions("name = 'burst'")
+    assert len(versions) == 20
+    drain(registered, seconds=240)
+    statuses = [tags(url, "burst", v.version)["reef.status"] for v in versions]
+    assert statuses == ["done"] * 20
+    digests = {tags(url, "burst", v.version)["reef.model.digest"] for v in versions}
+    assert digests == {tags(url, "flagship", 1)["reef.model.digest"]}  # the same files, each time
+
+
+def test_a_worker_killed_mid_job_leaves_the_job_to_the_next(
+    registered: dict[str, Any], zoo: dict[str, Path]
+) -> None:
+    url = registered["url"]
+    register(url, zoo["victim"], "killed")
+    worker = subprocess.Popen(
+        [REEF, "worker", "--config", str(registered["config"]), "--poll", "0.2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "REEF_KEY_PASSPHRASE": PASS},
+    )
+    try:
+        wait_for(lambda: tags(url, "killed", 1).get("reef.status") == "running", 60, "job running")
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    assert tags(url, "killed", 1)["reef.status"] == "running"  # killed mid-job
+    drain(registered)  # the lease (3 s here) runs out; the next worker takes the job again
+    assert tags(url, "killed", 1)["reef.status"] == "done"
+    (job,) = [j for j in JobQueue(registered["queue"]).jobs() if j.name == "killed"]
+    assert job.state == "done" and job.attempts == 2
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[str, JobQueue]]:
+    from reef_forensics.plugins.webhook import make_server
+
+    queue = JobQueue(tmp_path / "hooks.sqlite")
+    server = make_server("127.0.0.1", 0, queue, "s3cret", 300)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/webhook", queue
+    server.shutdown()
+    server.server_close()
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def delivery(
+    secret: str, name: str = "m", version: str = "1", delivery_id: str = "d-1", age: int = 0
+) -> tuple[bytes, dict[str, str]]:
+    from reef_forensics.plugins.webhook import signature
+
+    body = json.dumps(
+        {"entity": "model_version", "action": "created", "timestamp": "x",
+         "data": {"name": name, "version": version, "source": "models:/m-1", "run_id": None}}
+    ).encode()  # fmt: skip
+    timestamp = str(int(time.time()) - age)
+    return body, {
+        "Content-Type": "application/json",
+        "X-MLflow-Delivery-Id": delivery_id,
+        "X-MLflow-Timestamp": timestamp,
+        "X-MLflow-Signature": signature(secret, delivery_id, timestamp, body),
+    }
+
+
+def test_the_receiver_checks_hmac_age_and_replays(receiver: tuple[str, JobQueue]) -> None:
+    url, queue = receiver
+    body, headers = delivery("wrong secret")
+    assert post(url, body, headers)[0] == 401 and queue.jobs() == []
+    body, headers = delivery("s3cret", age=3600)
+    assert post(url, body, headers) == (401, {"error": "stale or future timestamp"})
+    assert queue.jobs() == []
+    body, headers = delivery("s3cret")
+    assert post(url, body, headers) == (200, {"status": "queued"})
+    assert post(url, body, headers) == (200, {"status": "replay ignored"})  # the same delivery
+    body, headers = delivery("s3cret", delivery_id="d-2")  # MLflow's retry: a new delivery
+    assert post(url, body, headers) == (200, {"status": "already queued"})
+    assert [(j.name, j.version) for j in queue.jobs()] == [("m", "1")]
+
+
+def test_mlflow_webhooks_reach_the_receiver(
+    tmp_path: Path, receiver: tuple[str, JobQueue], offline: None
+) -> None:
+    """A plain MLflow server (no store plugin) with a webhook to our receiver: registering a
+    version queues it, once."""
+    from cryptography.fernet import Fernet
+    from mlflow import MlflowClient
+
+    url, queue = receiver
+    env = {
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+    }
+    for server in start_server(tmp_path / "plain", plugin=False, env=env):
+        client = MlflowClient(server, server)
+        client.create_webhook(
+            name="reef", url=url, events=["model_version.created"], secret="s3cret"
+        )
+        client.create_registered_model("hooked")
+        run = client.create_run("0")
+        client.create_model_version("hooked", f"runs:/{run.info.run_id}/model", run.info.run_id)
+        wait_for(lambda: queue.jobs(), 30, "the webhook delivered")
+        assert [(j.name, j.version) for j in queue.jobs()] == [("hooked", "1")]
+
+
+def test_the_evaluator_logs_findings_and_report_to_the_run(
+    registered: dict[str, Any], zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    url, keys = registered["url"], registered["keys"]
+    info = register(url, zoo["derived"], "evaluated")
+    with mlflow.start_run() as run:
+        result = mlflow.models.evaluate(
+            info.model_uri,
+            data=pd.DataFrame({"inputs": ["unused: the probe texts are the victim's"]}),
+            model_type="text",  # MLflow asks for one; only the reef evaluator runs
+            evaluators=["reef"],
+            evaluator_config={
+                "reef": {
+                    "victim": "models:/flagship/1",
+                    "references": [f"models:/independent-{i}/1" for i in range(3)],
+                    "positive_controls": False,
+                    "key": str(keys.private_key),
+                    "cert": str(keys.signer_certificate),
+                }
+            },
+        )
+    assert 0.0 < result.metrics["reef_score"] <= 1.0
+    client = MlflowClient(url, url)
+    verdict = client.get_run(run.info.run_id).data.tags["reef.verdict"]
+    assert verdict in ("derived", "inconclusive", "unrelated")
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="reef", dst_path=str(tmp_path), tracking_uri=url
+        )
+    )
+    assert main(["verify", str(local / "findings"), "--trust", str(keys.ca_certificate)]) == 0
+    assert main(["verify", str(local / "report.pdf"), "--trust", str(keys.ca_certificate)]) == 0
+    record = json.loads((local / "findings" / "findings.json").read_text())
+    assert record["verdict"] == verdict and record["panel_size"] == 3
+
+
+def test_the_store_never_blocks_a_registration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embedded (no server): a queue that cannot be opened still lets the version register."""
+    from mlflow.entities.model_registry import ModelVersionTag
+
+    from reef_forensics.plugins.store import ReefRegistryStore
+
+    (tmp_path / "queue-is-a-directory").mkdir()
+    monkeypatch.setenv("REEF_QUEUE", str(tmp_path / "queue-is-a-directory"))
+    store = ReefRegistryStore(f"reef+sqlite:///{tmp_path / 'mlflow.db'}")
+    store.create_registered_model("m")
+    version = store.create_model_version(
+        "m", str(tmp_path / "model"), tags=[ModelVersionTag("team", "a")]
+    )
+    tags = dict(store.get_model_version("m", version.version).tags)
+    assert tags == {"team": "a", "reef.status": "not-queued"}
+    monkeypatch.setenv("REEF_QUEUE", str(tmp_path / "queue.sqlite"))
+    store = ReefRegistryStore(f"reef+sqlite:///{tmp_path / 'mlflow.db'}")
+    version = store.create_model_version("m", str(tmp_path / "model"))
+    assert dict(store.get_model_version("m", version.version).tags) == {"reef.status": "pending"}
+    assert [(j.name, j.version) for j in JobQueue(tmp_path / "queue.sqlite").jobs()] == [("m", "2")]
