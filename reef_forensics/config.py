@@ -130,6 +130,12 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         return float(value)
 
     env = os.environ
+
+    def from_env(name: str) -> Path | None:
+        """A path from the environment: relative to the working directory, not the file."""
+        value = env.get(name)
+        return Path(value).expanduser().resolve() if value else None
+
     rule = {
         k: screening[k]
         for k in ("alpha", "unrelated_alpha", "margin", "min_references")
@@ -147,11 +153,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         tracking_uri=env.get("REEF_TRACKING_URI")
         or top.get("tracking_uri")
         or env.get("MLFLOW_TRACKING_URI"),
-        queue=path_of(env.get("REEF_QUEUE") or top.get("queue"), "queue") or DEFAULT_QUEUE,
+        queue=from_env("REEF_QUEUE") or path_of(top.get("queue"), "queue") or DEFAULT_QUEUE,
         probes=env.get("REEF_PROBES") or top.get("probes") or "builtin:default",
         work_dir=path_of(top.get("work_dir"), "work_dir") or Config().work_dir,
-        key=path_of(env.get("REEF_KEY") or signing.get("key"), "[signing] key"),
-        cert=path_of(env.get("REEF_CERT") or signing.get("cert"), "[signing] cert"),
+        key=from_env("REEF_KEY") or path_of(signing.get("key"), "[signing] key"),
+        cert=from_env("REEF_CERT") or path_of(signing.get("cert"), "[signing] cert"),
         chain=path_of(signing.get("chain"), "[signing] chain"),
         passphrase_file=path_of(signing.get("passphrase_file"), "[signing] passphrase_file"),
         victims=strings(screening.get("victims", []), "[screening] victims"),

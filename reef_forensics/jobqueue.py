@@ -5,7 +5,8 @@
 - `claim` hands a worker the oldest job that is due, under a lease. A worker that dies mid-job
   stops renewing nothing: when its lease runs out, the job is due again (at-least-once).
 - `complete` ends a job; `fail` puts it back with exponential backoff, or marks it `failed`
-  once its attempts are spent. Processing must be idempotent (the worker checks the version's
+  once its attempts are spent; `defer` puts it back without counting the attempt (it waits for
+  another job). Processing must be idempotent (the worker checks the version's
   tags before it fingerprints).
 - `seen_delivery` records a webhook delivery id and says whether it was seen before (replays).
 
@@ -147,6 +148,17 @@ class JobQueue:
                 ("failed" if final else "pending", now + delay, error[:2000], now, job.id),
             )
             return "failed" if final else "pending"
+
+    def defer(self, job: Job, seconds: float, reason: str) -> None:
+        """Back to the queue in ``seconds``, the attempt not counted: the job waits for another
+        (a victim or reference not fingerprinted yet), it did not fail."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'pending', attempts = MAX(0, attempts - 1),"
+                " available_at = ?, lease_until = NULL, last_error = ?, updated = ? WHERE id = ?",
+                (now + seconds, reason[:2000], now, job.id),
+            )
 
     def seen_delivery(self, delivery_id: str) -> bool:
         """Record a webhook delivery id; True when it had been recorded before (a replay)."""

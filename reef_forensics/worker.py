@@ -8,8 +8,8 @@ For a job (a model version), `process`:
    logs it as artifacts of the version's run under ``reef/NAME/vVERSION/fingerprint`` and tags the
    version (``reef.model.digest``, ``reef.fingerprint.digest``, ``reef.probes.digest``,
    ``reef.fingerprint.uri``);
-3. screens it against every victim (versions tagged ``reef.role=victim`` and the configured
-   ones) with the references (versions tagged ``reef.role=reference`` and the configured ones):
+3. unless it is itself a victim or a reference (tag ``reef.role``), screens it against every
+   victim (versions tagged ``reef.role=victim`` and the configured ones) with the references (versions tagged ``reef.role=reference`` and the configured ones):
    a tag ``reef.screen.VICTIM.vVERSION`` with the verdict, score and p-value, and for `derived` or
    `inconclusive` the signed findings and the signed report as artifacts under
    ``reef/NAME/vVERSION/screening/``;
@@ -17,7 +17,8 @@ For a job (a model version), `process`:
 
 A failure tags ``reef.status=failed`` with ``reef.status.reason`` and goes back to the queue with
 backoff (a model whose files cannot be loaded fails at once, with no retry: it cannot get
-better). A victim or reference not fingerprinted yet is queued, and the job retried later.
+better). A victim or reference not fingerprinted yet is queued, and the job deferred (tag
+``reef.status=waiting``; the attempt does not count).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .registry import (
     TAG_MODEL_DIGEST,
     TAG_PROBES_DIGEST,
     TAG_REASON,
+    TAG_ROLE,
     TAG_STATUS,
     client,
     fingerprint_of,
@@ -52,6 +54,10 @@ from .registry import (
 )
 
 _log = logging.getLogger(__name__)
+
+
+class JobDeferred(Exception):
+    """A job that waits for others (a victim or reference not fingerprinted yet)."""
 
 
 class JobFailed(Exception):
@@ -94,15 +100,16 @@ class Worker:
         poll_seconds: float = 2.0,
         stop: Callable[[], bool] = lambda: False,
     ) -> int:
-        """Take jobs until ``stop()`` (or, with ``until_empty``, until none is due); returns the
-        number of jobs handled."""
+        """Take jobs until ``stop()`` (or, with ``until_empty``, until no job is pending or
+        running: retries and deferrals included); returns the number of jobs handled."""
         handled = 0
         while not stop():
             job = self.queue.claim(self.name)
             if job is None:
-                if until_empty:
+                counts = self.queue.counts()
+                if until_empty and counts["pending"] == 0 and counts["running"] == 0:
                     return handled
-                time.sleep(poll_seconds)
+                time.sleep(poll_seconds)  # jobs waiting for a retry, a deferral or a lease
                 continue
             self.handle(job)
             handled += 1
@@ -112,6 +119,14 @@ class Worker:
         """Process one claimed job; returns its new state."""
         try:
             self.process(job)
+        except JobDeferred as exc:
+            self.queue.defer(job, max(1.0, self.config.backoff_seconds), str(exc))
+            try:
+                self._tag(job.name, job.version, TAG_STATUS, "waiting")
+                self._tag(job.name, job.version, TAG_REASON, str(exc)[:4000])
+            except Exception:  # the registry is down: the queue still has the record
+                pass
+            return "pending"
         except JobFailed as exc:
             state = self.queue.fail(job, str(exc), retry=exc.retry)
             self._tag_failed(job, str(exc), state)
@@ -162,7 +177,10 @@ class Worker:
                 (TAG_FINGERPRINT_URI, f"runs:/{run_id}/{artifact_path}"),
             ):
                 self._tag(job.name, job.version, key, value)
-            self._screen(job, fingerprint, run_id, work)
+            if version.tags.get(TAG_ROLE) not in ("victim", "reference"):
+                self._screen(
+                    job, fingerprint, run_id, work
+                )  # victims and references are not suspects
         self._tag(job.name, job.version, TAG_STATUS, "done")
         with contextlib.suppress(Exception):
             self.client.delete_model_version_tag(job.name, job.version, TAG_REASON)
@@ -225,9 +243,8 @@ class Worker:
                 continue
             found.append((f"models:/{name}/{number}", read_fingerprint(path)))
         if waiting:
-            raise JobFailed(
-                f"the {role}(s) {', '.join(waiting)} are not fingerprinted yet (queued); retrying",
-                retry=True,
+            raise JobDeferred(
+                f"waiting for the {role}(s) {', '.join(waiting)} to be fingerprinted (queued)"
             )
         return found
 

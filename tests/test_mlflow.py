@@ -472,3 +472,24 @@ def test_the_store_never_blocks_a_registration(
     version = store.create_model_version("m", str(tmp_path / "model"))
     assert dict(store.get_model_version("m", version.version).tags) == {"reef.status": "pending"}
     assert [(j.name, j.version) for j in JobQueue(tmp_path / "queue.sqlite").jobs()] == [("m", "2")]
+
+
+def test_check_takes_model_version_uris(
+    registered: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url = registered["url"]
+    refs = [arg for i in range(3) for arg in ("--reference", f"models:/independent-{i}/1")]
+    code = main(
+        ["check", "--victim", "models:/flagship/1", "--suspect", "models:/flagship/1", *refs,
+         "--tracking-uri", url, "--no-positive-controls", "--out", str(tmp_path / "f"),
+         "--json", str(tmp_path / "f.json"), "--no-progress"]
+    )  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    record = json.loads((tmp_path / "f.json").read_text())
+    assert record["identical"] is True and record["verdict"] == "derived"
+    assert record["victim"]["model_digest"] == tags(url, "flagship", 1)["reef.model.digest"]
+    code = main(["check", "--victim", "models:/nope/9", "--suspect", "models:/flagship/1",
+                 "--tracking-uri", url])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot download models:/nope/9" in err and err.count("\n") == 1

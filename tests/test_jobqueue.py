@@ -1,0 +1,168 @@
+"""The job queue and the deployment configuration, without MLflow."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from reef_forensics.cli import main
+from reef_forensics.config import load_config
+from reef_forensics.errors import BadInputError
+from reef_forensics.jobqueue import JobQueue
+
+
+def test_enqueue_is_idempotent_per_version(tmp_path: Path) -> None:
+    queue = JobQueue(tmp_path / "q.sqlite")
+    assert queue.enqueue("m", 1, "models:/m-1") is True
+    assert queue.enqueue("m", "1", "models:/m-1") is False  # the store and a webhook, both
+    assert queue.enqueue("m", 2) is True
+    assert [(j.name, j.version, j.state) for j in queue.jobs()] == [
+        ("m", "1", "pending"),
+        ("m", "2", "pending"),
+    ]
+
+
+def test_a_lease_that_runs_out_hands_the_job_to_another_worker(tmp_path: Path) -> None:
+    queue = JobQueue(tmp_path / "q.sqlite", lease_seconds=10)
+    queue.enqueue("m", 1)
+    first = queue.claim("a", now=1e10)
+    assert first is not None and first.attempts == 1
+    assert queue.claim("b", now=1e10 + 5) is None  # leased to a
+    again = queue.claim("b", now=1e10 + 11)  # a died: its lease ran out
+    assert again is not None and again.id == first.id and again.attempts == 2
+    queue.complete(again)
+    assert queue.counts() == {"pending": 0, "running": 0, "done": 1, "failed": 0}
+    assert queue.claim("c", now=1e10 + 100) is None
+
+
+def test_failures_back_off_then_stop(tmp_path: Path) -> None:
+    queue = JobQueue(tmp_path / "q.sqlite", max_attempts=3, backoff_seconds=100)
+    queue.enqueue("m", 1)
+    job = queue.claim("a")
+    assert job is not None and queue.fail(job, "boom") == "pending"
+    assert queue.claim("a") is None  # not due for 100 s
+    assert queue.claim("a", now=2e10) is not None  # due later
+    (job,) = queue.jobs()
+    assert queue.fail(job, "boom") == "pending"
+    job = queue.claim("a", now=3e10)
+    assert job is not None and job.attempts == 3
+    assert queue.fail(job, "boom again") == "failed"
+    (job,) = queue.jobs()
+    assert job.state == "failed" and job.last_error == "boom again"
+    queue.enqueue("m", 2)
+    job = queue.claim("a")
+    assert job is not None and queue.fail(job, "cannot load", retry=False) == "failed"
+
+
+def test_replayed_deliveries_are_recognised(tmp_path: Path) -> None:
+    queue = JobQueue(tmp_path / "q.sqlite")
+    assert queue.seen_delivery("d-1") is False
+    assert queue.seen_delivery("d-1") is True
+    assert queue.seen_delivery("d-2") is False
+
+
+def _enqueue_many(path: str, start: int) -> None:
+    queue = JobQueue(path)
+    for i in range(start, start + 50):
+        queue.enqueue("m", i)
+        queue.enqueue("m", i)
+
+
+def test_processes_share_the_queue(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    JobQueue(path)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_enqueue_many, args=(path, s)) for s in (0, 25, 50)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert all(w.exitcode == 0 for w in workers)
+    assert len(JobQueue(path).jobs()) == 100  # 0..99, each once
+    queue = JobQueue(path)
+    claimed = set()
+    while (job := queue.claim("w")) is not None:
+        claimed.add(job.version)
+        queue.complete(job)
+    assert len(claimed) == 100
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+def test_configuration_paths_are_relative_to_the_file_and_env_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "reef.toml"
+    path.write_text(
+        'tracking_uri = "sqlite:///x.db"\nqueue = "q.sqlite"\n'
+        '[screening]\nvictims = ["models:/a/1", "fp/victim"]\nalpha = 0.001\n'
+    )
+    monkeypatch.delenv("REEF_QUEUE", raising=False)
+    monkeypatch.delenv("REEF_TRACKING_URI", raising=False)
+    config = load_config(path)
+    assert config.queue == tmp_path / "conf" / "q.sqlite"
+    assert config.victims == ("models:/a/1", str(tmp_path / "conf" / "fp" / "victim"))
+    assert config.rule == {"alpha": 0.001} and config.tracking_uri == "sqlite:///x.db"
+    monkeypatch.setenv("REEF_TRACKING_URI", "http://127.0.0.1:5000")
+    assert load_config(path).tracking_uri == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nonsense = 1\n", "unknown key 'nonsense'"),
+        ("[signing]\nkeyfile = 'x'\n", "unknown key(s) in [signing]: keyfile"),
+        ("[screening]\nmin_references = 2\n", "at least 3 references"),
+        ("[worker]\nmax_attempts = -1\n", "[worker] max_attempts must be a non-negative number"),
+        ("[screening]\nvictims = 'models:/a/1'\n", "[screening] victims must be a list"),
+        ("tracking_uri = \n", "is not valid TOML"),
+    ],
+)
+def test_bad_configuration_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    path = tmp_path / "reef.toml"
+    path.write_text(text)
+    with pytest.raises(BadInputError):
+        load_config(path)
+    assert main(["config", "check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_config_check_reports_each_part(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reef_forensics.keys import generate_keys
+
+    keys = generate_keys(tmp_path / "keys", b"pw")
+    monkeypatch.setenv("REEF_KEY_PASSPHRASE", "pw")
+    path = tmp_path / "reef.toml"
+    path.write_text(
+        f'tracking_uri = "sqlite:///{tmp_path}/mlflow.db"\nqueue = "q.sqlite"\n'
+        f'[signing]\nkey = "{keys.private_key}"\ncert = "{keys.signer_certificate}"\n'
+        '[screening]\nreferences = ["missing/fingerprint"]\n'
+    )
+    assert main(["config", "check", "--config", str(path)]) == 1  # the reference is missing
+    out = capsys.readouterr().out
+    assert "ok    signing key: loaded with its certificate" in out
+    assert "FAIL  reference" in out and out.rstrip().endswith(f"NOT VALID: {path}")
+    path.write_text(
+        path.read_text().replace('references = ["missing/fingerprint"]', "references = []")
+    )
+    assert main(["config", "check", "--config", str(path), "--json", "-"]) == 0
+
+
+def test_paths_from_the_environment_are_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "reef.toml"
+    path.write_text('queue = "q.sqlite"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REEF_QUEUE", "elsewhere/q.sqlite")
+    assert load_config(path).queue == tmp_path / "elsewhere" / "q.sqlite"
