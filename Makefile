@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine (see README):
-#   make demo   set up, then fingerprint and compare small models built on the spot
+#   make demo   set up, then run `reef-forensics demo`: train small models, register them in a
+#               local MLflow store, fingerprint and screen them, verify the signed reports
 #   make test   set up, then lint (ruff), type-check (mypy) and run the test suite (pytest)
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo-output
 
-.PHONY: setup demo test lint typecheck pytest bench clean
+.PHONY: setup demo quickstart test lint typecheck pytest bench clean
 
 setup: $(STAMP)
 
@@ -22,7 +23,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" bash examples/quickstart.sh $(DEMO_DIR)
+	$(BIN)/reef-forensics demo --dir $(DEMO_DIR)
+
+# The command-line walkthrough (examples/quickstart.sh): each CLI command, one after another.
+quickstart: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash examples/quickstart.sh quickstart-output
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -41,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_extraction.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(DEMO_DIR) quickstart-output .pytest_cache .mypy_cache .ruff_cache *.egg-info

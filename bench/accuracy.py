@@ -40,7 +40,7 @@ from reef_forensics.derivatives import derivative_digest, other_text, permute_ml
 from reef_forensics.fingerprint import Fingerprint
 from reef_forensics.fingerprinting import fingerprint_loaded, fingerprint_model
 from reef_forensics.models import LoadedModel
-from reef_forensics.toy_models import make_model
+from reef_forensics.toy_models import make_model, train_causal_lm
 
 CACHE = Path(__file__).parent / "output" / "accuracy"
 
@@ -51,40 +51,6 @@ def number(value: float | None) -> str:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def train_causal_lm(
-    model: Any,
-    tokenizer: Any,
-    corpus: list[str],
-    parameters: list[torch.nn.Parameter],
-    *,
-    steps: int,
-    batch: int,
-    max_length: int,
-    lr: float,
-    seed: int,
-    every: int = 0,
-) -> float:
-    """Next-token training with AdamW on ``corpus``, ``batch`` texts a step; the last loss."""
-    optimizer = torch.optim.AdamW(parameters, lr=lr)
-    torch.manual_seed(seed)
-    model.train()
-    loss = torch.tensor(float("nan"))
-    for step in range(steps):
-        texts = [corpus[(step * batch + i) % len(corpus)] for i in range(batch)]
-        encoded = tokenizer(
-            texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
-        )
-        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
-        loss = model(**encoded, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if every and (step % every == 0 or step == steps - 1):
-            log(f"  step {step}: loss {loss.item():.3f}")
-    model.eval()
-    return float(loss.item())
 
 
 def fine_tuned_victim(victim_dir: Path, steps: int, texts: list[str]) -> Path:
@@ -111,6 +77,7 @@ def fine_tuned_victim(victim_dir: Path, steps: int, texts: list[str]) -> Path:
         max_length=32,
         lr=5e-5,
         seed=0,
+        log=log,
         every=50,
     )
     model.save_pretrained(out)

@@ -65,8 +65,9 @@ def materialize(uri: str, dest: str | os.PathLike[str], tracking_uri: str | None
         source = f"models:/{name}/{version}"
     target = Path(dest)
     download = target / "download"
+    saved = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     try:
-        if tracking_uri:
+        if tracking_uri:  # for this download only: the caller's own settings are restored
             mlflow.set_tracking_uri(tracking_uri)
             mlflow.set_registry_uri(tracking_uri)
         local = Path(
@@ -74,6 +75,10 @@ def materialize(uri: str, dest: str | os.PathLike[str], tracking_uri: str | None
         )
     except Exception as exc:
         raise ModelLoadError(f"cannot download {uri}: {_first(exc)}") from None
+    finally:
+        if tracking_uri:
+            mlflow.set_tracking_uri(saved[0])
+            mlflow.set_registry_uri(saved[1])
     return assemble(local, target / "model")
 
 

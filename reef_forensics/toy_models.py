@@ -229,3 +229,38 @@ def derive(
     model.save_pretrained(folder, safe_serialization=True)
     AutoTokenizer.from_pretrained(src).save_pretrained(folder)
     return folder
+
+
+def train_causal_lm(
+    model: Any,
+    tokenizer: Any,
+    corpus: list[str],
+    parameters: list[torch.nn.Parameter],
+    *,
+    steps: int,
+    batch: int,
+    max_length: int,
+    lr: float,
+    seed: int,
+    log: Any = None,
+    every: int = 0,
+) -> float:
+    """Next-token training with AdamW on ``corpus``, ``batch`` texts a step; the last loss."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr)
+    torch.manual_seed(seed)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for step in range(steps):
+        texts = [corpus[(step * batch + i) % len(corpus)] for i in range(batch)]
+        encoded = tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        )
+        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+        loss = model(**encoded, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if log is not None and every and (step % every == 0 or step == steps - 1):
+            log(f"  step {step}: loss {loss.item():.3f}")
+    model.eval()
+    return float(loss.item())

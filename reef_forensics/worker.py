@@ -249,7 +249,7 @@ class Worker:
         return found
 
     def _screen(self, job: Job, suspect: Any, run_id: str, work: Path) -> None:
-        from .analysis import DecisionRule, check, format_p
+        from .analysis import DecisionRule, check
 
         victims = self._fingerprints(
             list(self.config.victims),
@@ -291,7 +291,7 @@ class Worker:
                 job.name,
                 job.version,
                 key[:250],
-                f"{record['verdict']} score={record['score']:.4f} p={format_p(p) if p is not None else 'n/a'} refs={record['panel_size']}",
+                f"{record['verdict']} score={record['score']:.4f} p={f'{p:.2g}' if p is not None else 'n/a'} refs={record['panel_size']}",
             )
             if record["verdict"] == "unrelated":
                 continue

