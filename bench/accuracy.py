@@ -204,10 +204,15 @@ def tiny_trained_model(seed: int, steps: int, texts: list[str]) -> Path:
 
 
 def main() -> None:
+    global CACHE
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--smollm2", required=True, help="SmolLM2-135M-Instruct .gguf (the victim)")
+    parser.add_argument(
+        "--smollm2",
+        required=True,
+        help="SmolLM2-135M-Instruct .gguf (the victim), or any model folder",
+    )
     parser.add_argument(
         "--unrelated", action="append", default=[], help="an unrelated model (.gguf or folder)"
     )
@@ -215,7 +220,13 @@ def main() -> None:
     parser.add_argument("--tiny-steps", type=int, default=300)
     parser.add_argument("--resamples", type=int, default=200)
     parser.add_argument("--json", help="write the results as JSON to this file")
+    parser.add_argument(
+        "--cache",
+        default=str(CACHE),
+        help=f"models and fingerprints are kept here (default {CACHE})",
+    )
     args = parser.parse_args()
+    CACHE = Path(args.cache)
     torch.manual_seed(0)
     CACHE.mkdir(parents=True, exist_ok=True)
     started = time.time()

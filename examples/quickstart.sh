@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The quick start: build small models, fingerprint and sign them, compare, check the suspects
+# The command-line walkthrough: build small models, fingerprint and sign them, compare, check the suspects
 # against the victim with a calibrated verdict and a signed PDF report, and verify the signed
 # evidence as an auditor.
-# Run through `make demo` (which installs everything first), or directly with reef-forensics on
+# Run through `make quickstart` (which installs everything first), or directly with reef-forensics on
 # the PATH:  bash examples/quickstart.sh [DIR]
 set -euo pipefail
-DIR=${1:-demo-output}
+DIR=${1:-quickstart-output}
 mkdir -p "$DIR"
 here=$(cd "$(dirname "$0")" && pwd)
 # A passphrase for the demo's throw-away keys only; real keys take yours (never on a command line).
@@ -48,29 +48,7 @@ reef-forensics verify "$DIR/report-suspect-derived.pdf" --trust "$DIR/keys/ca-ce
   --evidence "$DIR"/fingerprints/{victim,suspect-derived,reference-11,reference-12,reference-13}
 
 echo
-echo "== 7. the model registry: MLflow on a local SQLite store, no server; the reef+sqlite store"
-echo "      plugin queues each registration, the worker fingerprints, signs and screens it"
-rm -rf "$DIR/mlflow.db" "$DIR/artifacts" "$DIR/queue.sqlite"* "$DIR/registry-work"
-export REEF_QUEUE="$DIR/queue.sqlite"
-cat > "$DIR/reef.toml" <<EOF
-tracking_uri = "sqlite:///$(cd "$DIR" && pwd)/mlflow.db"
-queue = "queue.sqlite"
-probes = "builtin:default"
-work_dir = "registry-work"
-[signing]
-key = "keys/signing-key.pem"
-cert = "keys/signer-cert.pem"
-EOF
-reef-forensics config check --config "$DIR/reef.toml"
-python "$here/mlflow_registry.py" register "$DIR" --role victim victim
-python "$here/mlflow_registry.py" register "$DIR" --role reference reference-11 reference-12 reference-13
-reef-forensics worker --config "$DIR/reef.toml" --until-empty
-python "$here/mlflow_registry.py" register "$DIR" suspect-derived suspect-unrelated
-reef-forensics worker --config "$DIR/reef.toml" --until-empty
-python "$here/mlflow_registry.py" show "$DIR"
-
-echo
 echo "Done. Look in $DIR/: fingerprints/ (signed), findings-*/findings.json (signed verdicts),"
-echo "report-*.pdf (signed reports), compare-*.json, mlflow.db and artifacts/ (the registry: each"
-echo "version's signed fingerprint and screening under reef/); docs/verify.md shows how to check them with"
+echo "report-*.pdf (signed reports), compare-*.json. The model registry: examples/mlflow_server.sh and"
+echo "reef-forensics demo. docs/verify.md shows how to check the evidence with"
 echo "openssl alone, and each report's last section how to check it with pdfsig and pyHanko."
