@@ -37,6 +37,7 @@ import torch
 
 from reef_forensics import ProbeSet, load_model, load_probes, model_digest, resolve_model
 from reef_forensics.fingerprinting import fingerprint_loaded
+from reef_forensics.models import dequantize_gguf
 from reef_forensics.toy_models import make_model
 
 OUTPUT = Path(__file__).parent / "output"
@@ -111,19 +112,7 @@ def prepare_model(path: str | None) -> Path:
         return source
     folder = OUTPUT / "models" / source.stem
     if not (folder / "config.json").exists():
-        from transformers import AutoModelForCausalLM
-
-        loaded = load_model(resolve_model(source))  # our loader: tokenizer with GGUF's BOS rule
-        dequantized = AutoModelForCausalLM.from_pretrained(
-            str(source.parent), gguf_file=source.name
-        )
-        config = dequantized.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config  # the weights are plain float32 now
-        plain = AutoModelForCausalLM.from_config(config)
-        plain.load_state_dict(dequantized.state_dict())
-        plain.save_pretrained(folder)
-        loaded.tokenizer.save_pretrained(folder)
+        dequantize_gguf(source, folder)
     return folder
 
 

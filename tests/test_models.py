@@ -237,3 +237,20 @@ def test_encoder_decoder_models_are_refused_with_a_reason(probes, tmp_path: Path
     tokenizer.save_pretrained(folder)
     with pytest.raises(ModelLoadError, match="encoder-decoder"):
         load_model(resolve_model(folder))
+
+
+def test_a_gguf_model_dequantizes_to_a_plain_safetensors_folder(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from reef_forensics.models import dequantize_gguf, resolve_model
+
+    folder = dequantize_gguf(zoo["gguf"], tmp_path / "plain")
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == ["model.safetensors"]
+    resolve_model(folder)  # safetensors, no pickle, no remote code: loadable as any model
+    plain = AutoModelForCausalLM.from_pretrained(folder)
+    original = AutoModelForCausalLM.from_pretrained(zoo["victim"])
+    assert sum(p.numel() for p in plain.parameters()) == sum(
+        p.numel() for p in original.parameters()
+    )
