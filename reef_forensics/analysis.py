@@ -78,6 +78,11 @@ class DecisionRule:
         if self.margin < 0:
             raise ValueError("the margin cannot be negative")
 
+    @classmethod
+    def from_json(cls, recorded: dict[str, Any]) -> DecisionRule:
+        """The rule a findings record states (its ``as_json``; the text is not an input)."""
+        return cls(**{k: v for k, v in recorded.items() if k != "text"})
+
     def as_json(self) -> dict[str, Any]:
         return {
             "alpha": self.alpha,

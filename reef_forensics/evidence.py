@@ -99,20 +99,12 @@ def _verdict_problem(record: dict[str, Any]) -> str | None:
     """Re-apply the recorded decision rule to the recorded numbers: the verdict, p-values and
     tests must be what they give. (Recomputing the numbers themselves needs the fingerprints.)"""
     try:
-        rule_fields = {k: v for k, v in record["decision_rule"].items() if k != "text"}
-        rule = DecisionRule(**rule_fields)
-        blocks = [
-            a["layer_a"]
-            for a in record["per_layer"]["alignment"]
-            if a["layer_a"] != EMBEDDINGS_LAYER
-        ]
+        rule = DecisionRule.from_json(record["decision_rule"])
+        aligned = [a for a in record["per_layer"]["alignment"] if a["layer_a"] != EMBEDDINGS_LAYER]
+        blocks = [a["layer_a"] for a in aligned]
         calibration = calibrate(
             record["score"],
-            [
-                a["score"]
-                for a in record["per_layer"]["alignment"]
-                if a["layer_a"] != EMBEDDINGS_LAYER
-            ],
+            [a["score"] for a in aligned],
             [(r["score"], r["block_scores"]) for r in record["references"]],
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -62,7 +62,7 @@ def recompute(
             outcome.not_recomputed.append(row["name"])
     if victim is None or suspect is None or any(r is None for r in references):
         return outcome
-    rule = DecisionRule(**{k: v for k, v in record["decision_rule"].items() if k != "text"})
+    rule = DecisionRule.from_json(record["decision_rule"])
     method = record["stability_method"]
     again = check(
         victim,
