@@ -746,17 +746,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _queue_for(config: Any) -> Any:
-    from .jobqueue import JobQueue
-
-    return JobQueue(
-        config.queue,
-        lease_seconds=config.lease_seconds,
-        max_attempts=config.max_attempts,
-        backoff_seconds=config.backoff_seconds,
-    )
-
-
 def _cmd_worker(args: argparse.Namespace) -> int:
     from .config import load_config
     from .worker import Worker
@@ -766,7 +755,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         raise BadInputError(
             "no tracking URI: set tracking_uri, REEF_TRACKING_URI or MLFLOW_TRACKING_URI"
         )
-    queue = _queue_for(config)
+    queue = config.open_queue()
     worker = Worker(config, queue)
     try:
         handled = worker.run(until_empty=args.until_empty, poll_seconds=args.poll)
@@ -793,7 +782,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise BadInputError(
             f"no webhook secret: set {config.webhook_secret_env} to the secret given to MLflow's webhook"
         )
-    server = make_server(args.host, args.port, _queue_for(config), secret, config.webhook_max_age)
+    server = make_server(args.host, args.port, config.open_queue(), secret, config.webhook_max_age)
     print(
         f"receiving MLflow webhooks on http://{args.host}:{server.server_address[1]}/ (queue {config.queue})",
         flush=True,

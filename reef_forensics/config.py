@@ -39,9 +39,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadInputError
+
+if TYPE_CHECKING:
+    from .jobqueue import JobQueue
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,6 +74,17 @@ class Config:
     backoff_seconds: float = 5.0
     webhook_secret_env: str = "REEF_WEBHOOK_SECRET"
     webhook_max_age: float = 300.0
+
+    def open_queue(self) -> JobQueue:
+        """The job queue, with this configuration's lease, attempts and backoff."""
+        from .jobqueue import JobQueue
+
+        return JobQueue(
+            self.queue,
+            lease_seconds=self.lease_seconds,
+            max_attempts=self.max_attempts,
+            backoff_seconds=self.backoff_seconds,
+        )
 
     @property
     def webhook_secret(self) -> str | None:
@@ -188,7 +202,6 @@ def _check_keys(data: dict[str, Any], source: Path | None) -> None:
 
 def check_config(config: Config) -> list[tuple[str, bool, str]]:
     """What `config check` reports: each item (name, ok, detail)."""
-    from .jobqueue import JobQueue
     from .keys import load_signer, read_passphrase
     from .probes import load_probes
 
@@ -210,7 +223,7 @@ def check_config(config: Config) -> list[tuple[str, bool, str]]:
             or "not set (REEF_TRACKING_URI, MLFLOW_TRACKING_URI or tracking_uri)",
         )
     )
-    attempt("queue", lambda: f"{config.queue} ({JobQueue(config.queue).counts()})")
+    attempt("queue", lambda: f"{config.queue} ({config.open_queue().counts()})")
     attempt(
         "probes",
         lambda: (lambda p: f"{p.name}: {len(p)} texts, {p.digest}")(load_probes(config.probes)),

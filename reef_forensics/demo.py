@@ -237,7 +237,6 @@ def run_demo(
     progress: bool = True,
 ) -> list[Row]:
     from .config import load_config
-    from .jobqueue import JobQueue
     from .keys import generate_keys
     from .worker import Worker
 
@@ -286,7 +285,7 @@ def run_demo(
     )
     os.environ["REEF_QUEUE"] = str(root / "queue.sqlite")
     config = load_config(root / "reef.toml")
-    queue = JobQueue(config.queue, backoff_seconds=config.backoff_seconds)
+    queue = config.open_queue()
 
     show("registering the victim (protected) and the references in MLflow (local SQLite)")
     registry = _Registry(root)

@@ -148,13 +148,7 @@ def tags(url: str, name: str, version: str | int) -> dict[str, str]:
 
 def run_worker(deployment: dict[str, Any]) -> int:
     config = load_config(deployment["config"])
-    queue = JobQueue(
-        config.queue,
-        lease_seconds=config.lease_seconds,
-        max_attempts=config.max_attempts,
-        backoff_seconds=config.backoff_seconds,
-    )
-    return Worker(config, queue).run(until_empty=True)
+    return Worker(config, config.open_queue()).run(until_empty=True)
 
 
 def drain(deployment: dict[str, Any], seconds: float = 120) -> None:
