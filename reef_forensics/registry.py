@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInputError, ModelLoadError
+from .errors import BadInputError, ModelLoadError, first_line
 
 MODELS_URI = re.compile(r"^models:/(?P<name>[^/]+)/(?P<version>\d+)$")
 LOGGED_MODEL_URI = re.compile(r"^models:/m-[0-9a-f]+$")
@@ -74,7 +74,7 @@ def materialize(uri: str, dest: str | os.PathLike[str], tracking_uri: str | None
             mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(download))
         )
     except Exception as exc:
-        raise ModelLoadError(f"cannot download {uri}: {_first(exc)}") from None
+        raise ModelLoadError(f"cannot download {uri}: {first_line(exc)}") from None
     finally:
         if tracking_uri:
             mlflow.set_tracking_uri(saved[0])
@@ -127,12 +127,6 @@ def _has_weights(folder: Path) -> bool:
     return (
         any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) or any(folder.glob("*.gguf"))
     )
-
-
-def _first(exc: BaseException) -> str:
-    from .errors import first_line
-
-    return first_line(exc)
 
 
 def fingerprint_of(version: Any, dest: Path, mlflow_client: Any) -> Path | None:

@@ -93,12 +93,7 @@ def load_evidence(
             f"the findings in {folder} are not signed: sign them (`check --key`, or "
             "`reef-forensics sign`) before reporting on them"
         )
-    result = verify_evidence(folder, trust)
-    if not result.valid:
-        failed = "; ".join(f"{c.name}: {c.detail}" for c in result.checks if not c.ok)
-        raise SignatureError(
-            f"refusing to render: the findings in {folder} do not verify ({failed})"
-        )
+    _must_verify(folder, trust, f"the findings in {folder} do not verify")
     findings = (folder / FINDINGS_FILE).read_bytes()
     record = parse_json(findings)
     evidence = Evidence(record, findings, (folder / SIGNATURE_NAME).read_bytes())
@@ -115,14 +110,17 @@ def load_evidence(
         )
     signature = None
     if (victim_dir / SIGNATURE_NAME).is_file():
-        checked = verify_evidence(victim_dir, trust)
-        if not checked.valid:
-            failed = "; ".join(f"{c.name}: {c.detail}" for c in checked.checks if not c.ok)
-            raise SignatureError(
-                f"refusing to render: the victim fingerprint {victim_dir} does not verify ({failed})"
-            )
+        _must_verify(victim_dir, trust, f"the victim fingerprint {victim_dir} does not verify")
         signature = (victim_dir / SIGNATURE_NAME).read_bytes()
     return Evidence(record, findings, evidence.findings_signature, manifest, signature)
+
+
+def _must_verify(folder: Path, trust: TrustPolicy, what: str) -> None:
+    """A report never vouches for evidence that does not verify: say which checks failed."""
+    result = verify_evidence(folder, trust)
+    if not result.valid:
+        failed = "; ".join(f"{c.name}: {c.detail}" for c in result.checks if not c.ok)
+        raise SignatureError(f"refusing to render: {what} ({failed})")
 
 
 # --- formatting: the only way a number reaches the page --------------------------------------
@@ -335,10 +333,17 @@ def render_pdf(evidence: Evidence, signer: Signer, case_id: str | None = None) -
     )
 
 
+def asn1_certificate(cert: x509.Certificate) -> Any:
+    """A certificate as pyHanko takes it (asn1crypto)."""
+    from asn1crypto import x509 as asn1_x509
+    from cryptography.hazmat.primitives import serialization
+
+    return asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+
+
 def sign_pdf(pdf: bytes, signer: Signer) -> bytes:
     """A PAdES certification signature over the whole file that permits no later change."""
     from asn1crypto import keys as asn1_keys
-    from asn1crypto import x509 as asn1_x509
     from cryptography.hazmat.primitives import serialization
     from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
     from pyhanko.sign import fields, signers
@@ -346,14 +351,15 @@ def sign_pdf(pdf: bytes, signer: Signer) -> bytes:
 
     if signer.certificate is None:
         raise KeyMaterialError("a report is signed with a certificate: pass --cert")
-    der = serialization.Encoding.DER
     key = asn1_keys.PrivateKeyInfo.load(
         signer.private_key.private_bytes(
-            der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
     )
-    certificate = asn1_x509.Certificate.load(signer.certificate.public_bytes(der))
-    chain = [asn1_x509.Certificate.load(c.public_bytes(der)) for c in signer.chain]
+    certificate = asn1_certificate(signer.certificate)
+    chain = [asn1_certificate(c) for c in signer.chain]
     pdf_signer = signers.SimpleSigner(
         signing_cert=certificate,
         signing_key=key,

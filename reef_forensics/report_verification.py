@@ -40,6 +40,7 @@ from .report import (
     ATTACHED_VICTIM_MANIFEST,
     ATTACHED_VICTIM_SIGNATURE,
     Evidence,
+    asn1_certificate,
     render_html,
     signer_identity,
 )
@@ -103,25 +104,18 @@ def verify_report(
 
 def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: VerificationResult) -> Any:
     """pyHanko's validation; returns the signer's certificate (cryptography) when it is intact."""
-    from asn1crypto import pem
-    from asn1crypto import x509 as asn1_x509
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
     from pyhanko.sign.fields import MDPPerm
     from pyhanko.sign.validation import validate_pdf_signature
     from pyhanko.sign.validation.status import SignatureCoverageLevel
     from pyhanko_certvalidator import ValidationContext
-
-    def as_asn1(cert: x509.Certificate) -> Any:
-        der = cert.public_bytes(serialization.Encoding.DER)
-        return asn1_x509.Certificate.load(pem.unarmor(der)[2] if pem.detect(der) else der)
 
     try:
         leaf = x509.load_der_x509_certificate(embedded.signer_cert.dump())
         if trust.public_key is not None:
             roots = [embedded.signer_cert]
         else:
-            roots = [as_asn1(root) for root in trust.roots]
+            roots = [asn1_certificate(root) for root in trust.roots]
         status = validate_pdf_signature(
             embedded, ValidationContext(trust_roots=roots, allow_fetching=False)
         )
