@@ -121,11 +121,7 @@ class Worker:
             self.process(job)
         except JobDeferred as exc:
             self.queue.defer(job, max(1.0, self.config.backoff_seconds), str(exc))
-            try:
-                self._tag(job.name, job.version, TAG_STATUS, "waiting")
-                self._tag(job.name, job.version, TAG_REASON, str(exc)[:4000])
-            except Exception:  # the registry is down: the queue still has the record
-                pass
+            self._tag_status(job, "waiting", str(exc))
             return "pending"
         except JobFailed as exc:
             state = self.queue.fail(job, str(exc), retry=exc.retry)
@@ -141,11 +137,15 @@ class Worker:
         return "done"
 
     def _tag_failed(self, job: Job, reason: str, state: str) -> None:
+        suffix = "" if state == "failed" else " (will be retried)"
+        self._tag_status(job, "failed", reason + suffix)
+
+    def _tag_status(self, job: Job, status: str, reason: str) -> None:
+        """``reef.status`` and its reason, best effort: the queue holds the record either way."""
         try:
-            self._tag(job.name, job.version, TAG_STATUS, "failed")
-            suffix = "" if state == "failed" else " (will be retried)"
-            self._tag(job.name, job.version, TAG_REASON, (reason + suffix)[:4000])
-        except Exception:  # the registry itself is down: the queue still has the record
+            self._tag(job.name, job.version, TAG_STATUS, status)
+            self._tag(job.name, job.version, TAG_REASON, reason[:4000])
+        except Exception:  # the registry itself is down
             pass
 
     def _tag(self, name: str, version: str, key: str, value: str) -> None:
