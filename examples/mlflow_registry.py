@@ -39,26 +39,13 @@ def connect(folder: Path, tracking_uri: str | None = None) -> None:
 
 def register(folder: Path, models: list[str], role: str | None, tracking_uri: str | None) -> None:
     import mlflow
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reef_forensics.registry import register_model_folder  # mlflow.transformers.log_model
 
     connect(folder, tracking_uri)
     client = mlflow.MlflowClient()
     for name in models:
-        path = folder / "models" / name
-        with mlflow.start_run(run_name=name):
-            info = mlflow.transformers.log_model(
-                {
-                    "model": AutoModelForCausalLM.from_pretrained(path),
-                    "tokenizer": AutoTokenizer.from_pretrained(path),
-                },
-                name="model",
-                task="text-generation",
-                registered_model_name=name,
-                pip_requirements=["transformers"],
-            )
-        version = str(info.registered_model_version)
-        if role:
-            client.set_model_version_tag(name, version, "reef.role", role)
+        version = register_model_folder(folder / "models" / name, name, role=role)
         status = client.get_model_version(name, version).tags.get("reef.status")
         print(f"registered {name} version {version}: reef.status={status}")
 

@@ -101,10 +101,14 @@ def _derive(victim: Path, out: Path, change: Callable[[Any, Any], None]) -> Path
 
 
 def build_models(
-    folder: Path, steps: int, progress: Progress, victim: Path | None = None
+    folder: Path,
+    steps: int,
+    progress: Progress,
+    victim: Path | None = None,
+    unrelated: Path | None = None,
 ) -> dict[str, Path]:
-    """The victim (trained here, or ``victim``), its derivatives, an unrelated suspect and three
-    references, all trained."""
+    """The victim (trained here, or ``victim``), its derivatives, an unrelated suspect (trained
+    here, or ``unrelated``) and three references, trained here."""
     import torch
 
     from .derivatives import other_text, permute_mlp, prune_magnitude
@@ -177,7 +181,7 @@ def build_models(
 
     models["merged"] = _derive(models["victim"], folder / "merged", merge)
     progress.note("derivatives: fine-tuned, 30% magnitude pruning, MLP permutation, 50/50 merge")
-    models["unrelated"] = trained("unrelated", 7)
+    models["unrelated"] = unrelated if unrelated is not None else trained("unrelated", 7)
     for i, name in enumerate(REFERENCES):
         models[name] = trained(name, 11 + i)
     return models
@@ -263,11 +267,12 @@ def run_demo(
         if "victim" in real
         else None
     )
-    models = build_models(root / "models", steps, show, victim)
-    if "unrelated" in real:
-        models["unrelated"] = _real_model(
-            real["unrelated"], root / "models" / "gemma-3-270m", "gemma-3-270m", show
-        )
+    unrelated = (
+        _real_model(real["unrelated"], root / "models" / "gemma-3-270m", "gemma-3-270m", show)
+        if "unrelated" in real
+        else None
+    )
+    models = build_models(root / "models", steps, show, victim, unrelated)
     if "reference-qwen" in real:
         models["reference-qwen"] = _real_model(
             real["reference-qwen"], root / "models" / "reference-qwen", "Qwen2.5-Coder-0.5B", show
@@ -349,25 +354,11 @@ class _Registry:
         self.client = mlflow.MlflowClient()
 
     def register(self, name: str, path: Path, role: str | None = None) -> None:
-        import mlflow
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from .registry import register_model_folder
 
         # MLflow prints its own notices on registration; the demo's progress lines say the same
-        with mlflow.start_run(run_name=name), contextlib.redirect_stderr(io.StringIO()):
-            info = mlflow.transformers.log_model(
-                {
-                    "model": AutoModelForCausalLM.from_pretrained(path),
-                    "tokenizer": AutoTokenizer.from_pretrained(path),
-                },
-                name="model",
-                task="text-generation",
-                registered_model_name=name,
-                pip_requirements=["transformers"],
-            )
-        if role:
-            self.client.set_model_version_tag(
-                name, str(info.registered_model_version), "reef.role", role
-            )
+        with contextlib.redirect_stderr(io.StringIO()):
+            register_model_folder(path, name, role=role)
 
     def tags(self, name: str) -> dict[str, str]:
         return dict(self.client.get_model_version(name, "1").tags)
@@ -376,7 +367,6 @@ class _Registry:
 def _collect(root: Path, registry: _Registry, references: list[str]) -> list[Row]:
     import mlflow
 
-    from .fingerprint import read_fingerprint
     from .keys import load_certificates
     from .report_verification import verify_report
     from .signing import TrustPolicy
@@ -439,7 +429,6 @@ def _collect(root: Path, registry: _Registry, references: list[str]) -> list[Row
                 verified,
             )
         )
-    read_fingerprint(panel[0])  # the victim's evidence is readable (a sanity check)
     return rows
 
 

@@ -147,3 +147,30 @@ def fingerprint_of(version: Any, dest: Path, mlflow_client: Any) -> Path | None:
 
 def versions_with_role(mlflow_client: Any, role: str) -> list[Any]:
     return list(mlflow_client.search_model_versions(f"tags.`{TAG_ROLE}` = '{role}'"))
+
+
+def register_model_folder(
+    path: str | os.PathLike[str], name: str, *, role: str | None = None
+) -> str:
+    """Log a causal-LM folder with MLflow's transformers flavor, in a run of the active
+    experiment, and register it as ``name`` (the URIs set in ``mlflow`` decide where: with
+    ``reef+sqlite://`` as registry the store plugin queues it). ``role`` tags the version
+    ``reef.role`` (``victim`` or ``reference``). Returns the new version."""
+    import mlflow
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with mlflow.start_run(run_name=name):
+        info = mlflow.transformers.log_model(
+            {
+                "model": AutoModelForCausalLM.from_pretrained(path),
+                "tokenizer": AutoTokenizer.from_pretrained(path),
+            },
+            name="model",
+            task="text-generation",
+            registered_model_name=name,
+            pip_requirements=["transformers"],  # else MLflow goes looking for torchvision
+        )
+    version = str(info.registered_model_version)
+    if role:
+        mlflow.MlflowClient().set_model_version_tag(name, version, TAG_ROLE, role)
+    return version
