@@ -9,7 +9,6 @@ by name; it is valid only when all of them passed.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from .errors import FingerprintError, first_line
 from .files import parse_json
 from .fingerprint import EMBEDDINGS_LAYER, FILES, MANIFEST, read_fingerprint
 from .keys import Signer
+from .recompute import Differences
 from .signing import (
     SIGNATURE_NAME,
     TrustPolicy,
@@ -113,24 +113,9 @@ def _verdict_problem(record: dict[str, Any]) -> str | None:
     if verdict != record["verdict"]:
         return f"{FINDINGS_FILE} says {record['verdict']!r}, but its own numbers and rule give {verdict!r}"
     for field, value in calibration_record(calibration, blocks).items():
-        if not _same(record.get(field), value):
+        if Differences(rel_tol=1e-9, abs_tol=1e-300).compare(record.get(field), value):
             return f"{FINDINGS_FILE}: {field} {record.get(field)!r} does not follow from the recorded scores"
     return None
-
-
-def _same(recorded: Any, computed: Any) -> bool:
-    """Equal, numbers to 1e-9 relative (another machine's last bit may differ)."""
-    if isinstance(computed, dict):
-        return (
-            isinstance(recorded, dict)
-            and recorded.keys() == computed.keys()
-            and all(_same(recorded[k], computed[k]) for k in computed)
-        )
-    if isinstance(computed, float) and not isinstance(recorded, bool):
-        return isinstance(recorded, int | float) and math.isclose(
-            computed, recorded, rel_tol=1e-9, abs_tol=1e-300
-        )
-    return bool(recorded == computed)
 
 
 def _only_these_files(folder: Path, expected: set[str], result: VerificationResult) -> None:

@@ -87,42 +87,53 @@ def recompute(
                 if "digest" not in row or row["name"] in names
             ],
         }
-    _compare(expected, computed, "", tolerance, outcome)
+    differences = Differences(abs_tol=tolerance)
+    outcome.differences = differences.compare(expected, computed)
+    outcome.compared = differences.compared
     return outcome
 
 
-def _compare(
-    recorded: Any, computed: Any, where: str, tolerance: float, outcome: Recomputation
-) -> None:
-    if len(outcome.differences) >= 20:
-        return
-    label = where or "the record"
-    if isinstance(recorded, dict) and isinstance(computed, dict):
-        if recorded.keys() != computed.keys():
-            outcome.differences.append(f"{label}: fields differ")
-            return
-        for key in recorded:
-            _compare(recorded[key], computed[key], f"{where}.{key}".lstrip("."), tolerance, outcome)
-        return
-    if isinstance(recorded, list) and isinstance(computed, list):
-        if len(recorded) != len(computed):
-            outcome.differences.append(
-                f"{label}: {len(recorded)} entries recorded, {len(computed)} recomputed"
-            )
-            return
-        for i, (a, b) in enumerate(zip(recorded, computed, strict=True)):
-            _compare(a, b, f"{where}[{i}]", tolerance, outcome)
-        return
-    numbers = (int, float)
-    if (
-        isinstance(recorded, numbers)
-        and isinstance(computed, numbers)
-        and not isinstance(recorded, bool)
-        and not isinstance(computed, bool)
-    ):
-        outcome.compared += 1
-        if not math.isclose(float(recorded), float(computed), rel_tol=0.0, abs_tol=tolerance):
-            outcome.differences.append(f"{label}: recorded {recorded!r}, recomputed {computed!r}")
-        return
-    if recorded != computed:
-        outcome.differences.append(f"{label}: recorded {recorded!r}, recomputed {computed!r}")
+@dataclass
+class Differences:
+    """Where two JSON values differ (at most ``limit`` places), and how many numbers were compared."""
+
+    rel_tol: float = 0.0
+    abs_tol: float = TOLERANCE
+    limit: int = 20
+    found: list[str] = field(default_factory=list)
+    compared: int = 0
+
+    def compare(self, recorded: Any, computed: Any, where: str = "") -> list[str]:
+        """Numbers agree within the tolerances, everything else exactly; returns ``found``."""
+        if len(self.found) >= self.limit:
+            return self.found
+        label = where or "the record"
+        if isinstance(recorded, dict) and isinstance(computed, dict):
+            if recorded.keys() != computed.keys():
+                self.found.append(f"{label}: fields differ")
+            else:
+                for key in recorded:
+                    self.compare(recorded[key], computed[key], f"{where}.{key}".lstrip("."))
+            return self.found
+        if isinstance(recorded, list) and isinstance(computed, list):
+            if len(recorded) != len(computed):
+                self.found.append(
+                    f"{label}: {len(recorded)} entries recorded, {len(computed)} recomputed"
+                )
+            else:
+                for i, (a, b) in enumerate(zip(recorded, computed, strict=True)):
+                    self.compare(a, b, f"{where}[{i}]")
+            return self.found
+        if _is_number(recorded) and _is_number(computed):
+            self.compared += 1
+            if not math.isclose(
+                float(recorded), float(computed), rel_tol=self.rel_tol, abs_tol=self.abs_tol
+            ):
+                self.found.append(f"{label}: recorded {recorded!r}, recomputed {computed!r}")
+        elif recorded != computed:
+            self.found.append(f"{label}: recorded {recorded!r}, recomputed {computed!r}")
+        return self.found
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
