@@ -220,9 +220,10 @@ def signer_identity(cert: x509.Certificate) -> dict[str, str]:
 
 
 def context(
-    evidence: Evidence, signer: dict[str, str], case_id: str | None = None
+    evidence: Evidence, signer: dict[str, str], case_id: str | None = None, *, charts: bool = True
 ) -> dict[str, Any]:
-    """Everything the templates see: the record, the charts drawn from it, and identities."""
+    """Everything the templates see: the record, the charts drawn from it (empty pictures when
+    ``charts`` is false: the text alone is wanted), and identities."""
     record = evidence.record
     per_layer = record["per_layer"]
     layers_b = per_layer["layers_suspect"]
@@ -266,25 +267,37 @@ def context(
         "software": software_versions(),
         "variant": PDF_VARIANT,
         "report_tool": __version__,
-        "charts": {
-            "heatmap": charts.heatmap(
-                per_layer["matrix"], per_layer["layers_victim"], layers_b, path
-            ),
-            "stability": charts.stability(record["stability"]),
-            "controls": charts.controls(
-                record["score"],
-                [(c["name"], c["score"]) for c in controls["invariance"]],
-                [(c["name"], c["score"]) for c in positive],
-                [(r["name"], r["score"]) for r in controls["negative"]],
-            ),
-        },
+        "charts": _charts(record, path, positive) if charts else dict.fromkeys(CHARTS, ""),
     }
 
 
-def render_html(evidence: Evidence, signer: dict[str, str], case_id: str | None = None) -> str:
+CHARTS = ("heatmap", "stability", "controls")
+
+
+def _charts(
+    record: dict[str, Any], path: list[int], positive: list[dict[str, Any]]
+) -> dict[str, str]:
+    per_layer, controls = record["per_layer"], record["controls"]
+    return {
+        "heatmap": charts.heatmap(
+            per_layer["matrix"], per_layer["layers_victim"], per_layer["layers_suspect"], path
+        ),
+        "stability": charts.stability(record["stability"]),
+        "controls": charts.controls(
+            record["score"],
+            [(c["name"], c["score"]) for c in controls["invariance"]],
+            [(c["name"], c["score"]) for c in positive],
+            [(r["name"], r["score"]) for r in controls["negative"]],
+        ),
+    }
+
+
+def render_html(
+    evidence: Evidence, signer: dict[str, str], case_id: str | None = None, *, charts: bool = True
+) -> str:
     """The report's HTML; ``signer`` is `signer_identity` of the signing certificate."""
     template = _environment().get_template("report.html.j2")
-    return str(template.render(**context(evidence, signer, case_id)))
+    return str(template.render(**context(evidence, signer, case_id, charts=charts)))
 
 
 def _created(record: dict[str, Any]) -> datetime:
