@@ -318,9 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         "receiver fill: fingerprint each model version, log the signed fingerprint, tag the "
         "version, and screen it against the protected victims.",
     )
-    work.add_argument(
-        "--config", metavar="FILE", help="the TOML configuration (default $REEF_CONFIG)"
-    )
+    _add_config_option(work)
     work.add_argument(
         "--until-empty", action="store_true", help="stop when no job is due (default: run forever)"
     )
@@ -337,9 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "signature (secret in $REEF_WEBHOOK_SECRET or the variable the configuration names), "
         "rejects stale timestamps and replayed delivery ids, and queues the version.",
     )
-    serve.add_argument(
-        "--config", metavar="FILE", help="the TOML configuration (default $REEF_CONFIG)"
-    )
+    _add_config_option(serve)
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
@@ -351,9 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_check = cfg_commands.add_parser(
         "check", help="load the configuration and check every part of it"
     )
-    cfg_check.add_argument(
-        "--config", metavar="FILE", help="the TOML configuration (default $REEF_CONFIG)"
-    )
+    _add_config_option(cfg_check)
     cfg_check.add_argument(
         "--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)"
     )
@@ -492,6 +486,12 @@ def _add_probe_options(parser: argparse.ArgumentParser) -> None:
         "--probes-split", metavar="NAME", help="dataset split for hf: sets (default train)"
     )
     parser.add_argument("--probes-limit", type=int, metavar="N", help="keep only the first N texts")
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="the TOML configuration (default $REEF_CONFIG)"
+    )
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
