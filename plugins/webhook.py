@@ -15,11 +15,13 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from reef_forensics.files import parse_json
 from reef_forensics.jobqueue import JobQueue
 
 MAX_BODY = 1 << 20
@@ -52,36 +54,81 @@ def handle_delivery(
         return HTTPStatus.UNAUTHORIZED, {"error": "bad signature"}
     try:
         age = (time.time() if now is None else now) - int(timestamp)
-    except ValueError:
+    except (ValueError, OverflowError):  # not an integer, or too large to compare with now
         return HTTPStatus.UNAUTHORIZED, {"error": "bad timestamp"}
     if abs(age) > max_age:
         return HTTPStatus.UNAUTHORIZED, {"error": "stale or future timestamp"}
     try:
-        payload = json.loads(body)
+        payload = parse_json(body)  # every failure a ValueError, deep nesting included
         event = f"{payload['entity']}.{payload['action']}"
         data = payload["data"]
     except (ValueError, KeyError, TypeError):
         return HTTPStatus.BAD_REQUEST, {"error": "not an MLflow webhook payload"}
-    if queue.seen_delivery(delivery_id):
+    # a delivery accepted at T has a timestamp within max_age of T, so any replay of it is
+    # refused by its timestamp after T + 2 max_age: its id need not be kept longer than that
+    if queue.seen_delivery(delivery_id, forget_after=2 * max_age + 60):
         return HTTPStatus.OK, {"status": "replay ignored"}
     if event != "model_version.created":
         return HTTPStatus.OK, {"status": f"event {event} ignored"}
     try:
         name, version = str(data["name"]), str(data["version"])
+        source = data.get("source")
     except (KeyError, TypeError):
         return HTTPStatus.BAD_REQUEST, {"error": "the payload names no model version"}
-    created = queue.enqueue(name, version, data.get("source"))
+    if not all(_is_text(v) for v in (name, version)) or not (source is None or _is_text(source)):
+        return HTTPStatus.BAD_REQUEST, {
+            "error": "the model version's name, version or source is not text"
+        }
+    created = queue.enqueue(name, version, source)
     return HTTPStatus.OK, {"status": "queued" if created else "already queued"}
 
 
+def _is_text(value: Any) -> bool:
+    """A string the queue can store: JSON's ``"\\ud800"`` (a lone surrogate) is no text."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def content_length(value: str | None) -> int | None:
+    """The body's length from a Content-Length header (none: 0), or None when the header is not
+    a plain decimal number (RFC 9110: digits only). ``int()`` would take ``-1`` (a read until
+    the client hangs up), ``+5``, ``1_0`` or ``²``."""
+    text = (value or "0").strip(" \t")
+    if not _DIGITS.fullmatch(text):
+        return None
+    return int(text)
+
+
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
 def make_server(
-    host: str, port: int, queue: JobQueue, secret: str, max_age: float
+    host: str,
+    port: int,
+    queue: JobQueue,
+    secret: str,
+    max_age: float,
+    *,
+    read_timeout: float = 30.0,
 ) -> ThreadingHTTPServer:
+    """The receiver. A client that sends less body than it announced is dropped after
+    ``read_timeout`` seconds of silence, not waited for forever."""
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "reef-forensics-webhook"
+        timeout = read_timeout  # on each connection's socket (socketserver.StreamRequestHandler)
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            length = content_length(self.headers.get("Content-Length"))
+            if length is None:
+                self.close_connection = True  # the body's end is unknown: nothing after it
+                self._answer(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
+                return
             if length > MAX_BODY:
                 self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "too large"})
                 return

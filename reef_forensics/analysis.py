@@ -45,7 +45,13 @@ from .cka import (
 from .comparison import headline_layer
 from .digests import canonical_json
 from .errors import BadInputError, ComparisonError, first_line
-from .fingerprint import EMBEDDINGS_LAYER, Fingerprint, created_timestamp, replace_directory
+from .fingerprint import (
+    EMBEDDINGS_LAYER,
+    Fingerprint,
+    created_timestamp,
+    layer_selection_mismatch,
+    replace_directory,
+)
 from .probes import ProbeSet, load_probes
 from .statistics import CombinedCalibration, Statistic, bootstrap_curve, combined_calibration
 
@@ -80,7 +86,10 @@ class DecisionRule:
 
     @classmethod
     def from_json(cls, recorded: dict[str, Any]) -> DecisionRule:
-        """The rule a findings record states (its ``as_json``; the text is not an input)."""
+        """The rule a findings record states (its ``as_json``; the text is not an input).
+        TypeError or ValueError when the record states no usable rule."""
+        if not isinstance(recorded, dict):
+            raise TypeError("the decision rule is not an object")
         return cls(**{k: v for k, v in recorded.items() if k != "text"})
 
     def as_json(self) -> dict[str, Any]:
@@ -402,6 +411,9 @@ def check(
                 f"the {role} was fingerprinted on other probe texts ({other.probes_digest[:19]}...) "
                 f"than the victim ({victim.probes_digest[:19]}...): fingerprint it on the victim's probe set"
             )
+        mismatch = layer_selection_mismatch(victim, other)
+        if mismatch:
+            raise ComparisonError(f"the {role} took other layers than the victim: {mismatch}")
     seen: dict[str, str] = {
         victim.model_digest: "the victim",
         suspect.model_digest: "the suspect",
@@ -555,6 +567,7 @@ def as_fingerprint(
         extraction = probes_from.manifest["extraction"]
         fingerprint_options.setdefault("pooling", extraction.get("pooling"))
         fingerprint_options.setdefault("max_length", int(extraction.get("max_length", 512)))
+        fingerprint_options.setdefault("layers", extraction.get("layers"))
     return fingerprint_model(
         path,
         workdir / label,
@@ -692,6 +705,7 @@ def make_positive_controls(
                 padding_side=victim_fp.manifest["extraction"].get("padding_side", "right"),
                 device=device,
                 overwrite=True,
+                layers=victim_fp.layer_selection,
             )
         except Unsupported as exc:
             skipped.append({"name": derivation.name, "skipped": str(exc)})

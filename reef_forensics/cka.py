@@ -19,13 +19,18 @@ product of the flattened results. The sample-size curve (CKA on the first n samp
 comes from prefix sums over the uncentered Gram matrices: every n in O(N^2) in all.
 
 Nothing here reads files or knows about models.
+
+The linear Gram matrices, their centering and the layer-by-layer matrix can run on a torch
+device (``device="cuda"``, still in float64): the same functions, written with operations numpy
+arrays and torch tensors share, with only the results copied back. ``device=None`` (the default)
+stays in numpy. The RBF kernel's median bandwidth is always computed with numpy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -101,23 +106,62 @@ def standardize_features(x: ArrayLike) -> Float64Array:
 
 
 def gram(
-    x: ArrayLike, method: CkaMethod = CkaMethod(), *, out: Float64Array | None = None
+    x: ArrayLike,
+    method: CkaMethod = CkaMethod(),
+    *,
+    out: Float64Array | None = None,
+    device: str | None = None,
 ) -> Float64Array:
     """The uncentered n x n Gram matrix of a representation matrix under ``method``'s kernel.
 
     For the linear kernel the features are first centered over the samples. Both estimators
     are exactly invariant to that shift, and it keeps the running sums of the sample-size
     curve free of cancellation. ``out`` receives the result when given (no extra copy).
+    ``device`` computes a linear Gram matrix there with torch (see the module's docstring).
     """
+    result = _gram_on(x, method, device, out=out)
+    if out is None:
+        return _to_numpy(result)
+    if result is not out:
+        out[...] = _to_numpy(result)
+    return out
+
+
+def _gram_on(
+    x: ArrayLike, method: CkaMethod, device: str | None, *, out: Float64Array | None = None
+) -> Any:
+    """The Gram matrix as a numpy array (into ``out`` when given), or a torch tensor on
+    ``device`` (linear kernel)."""
     features = standardize_features(x) if method.standardize else as_features(x)
     if method.kernel == "linear":
-        features -= features.mean(axis=0)
-        return np.matmul(features, features.T, out=out)
-    result = _rbf_gram(features, method.rbf_scale)
-    if out is None:
-        return result
-    out[...] = result
-    return out
+        values = _on_device(features, device)
+        values -= values.mean(axis=0)
+        if device is None:
+            return np.matmul(values, values.T, out=out)
+        return values @ values.T
+    return _on_device(_rbf_gram(features, method.rbf_scale), device)
+
+
+def _on_device(array: Float64Array, device: str | None) -> Any:
+    """``array`` itself (numpy) when ``device`` is None, else a float64 torch tensor there."""
+    if device is None:
+        return array
+    import torch
+
+    return torch.as_tensor(array, dtype=torch.float64, device=device)
+
+
+def _to_numpy(values: Any) -> Float64Array:
+    if isinstance(values, np.ndarray):
+        return values
+    return np.asarray(values.cpu().numpy(), dtype=np.float64)
+
+
+def _zero_diagonal(matrix: Any) -> None:
+    if isinstance(matrix, np.ndarray):
+        np.fill_diagonal(matrix, 0.0)
+    else:
+        matrix.fill_diagonal_(0.0)
 
 
 def _rbf_gram(features: Float64Array, scale: float) -> Float64Array:
@@ -142,7 +186,8 @@ def center_gram(k: ArrayLike, estimator: Estimator = "debiased") -> Float64Array
     return _center_in_place(np.array(k, dtype=np.float64), estimator)
 
 
-def _center_in_place(matrix: Float64Array, estimator: Estimator) -> Float64Array:
+def _center_in_place(matrix: Any, estimator: Estimator) -> Any:
+    """Center a numpy array or a torch tensor in place (the same arithmetic for both)."""
     n = _check_square(matrix)
     if estimator == "biased":
         row_means = matrix.mean(axis=1)
@@ -152,13 +197,13 @@ def _center_in_place(matrix: Float64Array, estimator: Estimator) -> Float64Array
         return matrix
     if n < MIN_SAMPLES:
         raise ValueError(f"the debiased estimator needs at least {MIN_SAMPLES} samples, got {n}")
-    np.fill_diagonal(matrix, 0.0)
+    _zero_diagonal(matrix)
     row_sums = matrix.sum(axis=1)
     total = row_sums.sum()
     shift = row_sums / (n - 2) - total / (2.0 * (n - 1) * (n - 2))
     matrix -= shift[:, None]
     matrix -= shift[None, :]
-    np.fill_diagonal(matrix, 0.0)
+    _zero_diagonal(matrix)
     return matrix
 
 
@@ -187,13 +232,18 @@ def cka(x: ArrayLike, y: ArrayLike, method: CkaMethod = CkaMethod()) -> float:
 
 
 def centered_grams(
-    layers: Iterable[ArrayLike], method: CkaMethod = CkaMethod(), *, count: int | None = None
+    layers: Iterable[ArrayLike],
+    method: CkaMethod = CkaMethod(),
+    *,
+    count: int | None = None,
+    device: str | None = None,
 ) -> Float64Array:
     """One centered Gram matrix per layer, stacked: shape (layers, n, n).
 
     Each Gram matrix is built straight into its slot and centered there, so a layer's
     features are needed only while its own matrix is made: ``layers`` may be a generator that
-    reads them one at a time, with ``count`` saying how many it yields.
+    reads them one at a time, with ``count`` saying how many it yields. With ``device``, each
+    matrix is built and centered there and copied into the (host) stack.
     """
     if count is None:
         layers = list(layers)
@@ -203,31 +253,45 @@ def centered_grams(
         features = np.asarray(x)
         if stack is None:
             stack = np.empty((count, features.shape[0], features.shape[0]))
-        _center_in_place(gram(features, method, out=stack[i]), method.estimator)
+        if device is None:
+            _center_in_place(gram(features, method, out=stack[i]), method.estimator)
+        else:
+            centered = _center_in_place(_gram_on(features, method, device), method.estimator)
+            stack[i] = _to_numpy(centered)
     if stack is None:
         raise ValueError("no layers given")
     return stack
 
 
-def cka_matrix(centered_a: Float64Array, centered_b: Float64Array) -> Float64Array:
+def cka_matrix(
+    centered_a: Float64Array, centered_b: Float64Array, *, device: str | None = None
+) -> Float64Array:
     """The layer-by-layer CKA matrix from two stacks of centered Gram matrices.
 
     Row i, column j is CKA(layer i of A, layer j of B). Each Gram matrix was built and
-    centered once; the matrix is one product of the flattened stacks. Layers whose
-    representation is constant give NaN.
+    centered once; the matrix is one product of the flattened stacks (on ``device`` when
+    given). Layers whose representation is constant give NaN.
     """
     if centered_a.ndim != 3 or centered_b.ndim != 3 or centered_a.shape[1:] != centered_b.shape[1:]:
         raise ValueError(
             f"expected two stacks of n x n matrices, got {centered_a.shape} and {centered_b.shape}"
         )
-    flat_a = centered_a.reshape(centered_a.shape[0], -1)
-    flat_b = centered_b.reshape(centered_b.shape[0], -1)
-    norms_a = np.sqrt(np.einsum("ij,ij->i", flat_a, flat_a))
-    norms_b = np.sqrt(np.einsum("ij,ij->i", flat_b, flat_b))
+    flat_a = _on_device(centered_a.reshape(centered_a.shape[0], -1), device)
+    flat_b = _on_device(centered_b.reshape(centered_b.shape[0], -1), device)
+    norms_a, norms_b = _row_norms(flat_a), _row_norms(flat_b)
     with np.errstate(divide="ignore", invalid="ignore"):
-        matrix = (flat_a @ flat_b.T) / np.outer(norms_a, norms_b)
+        matrix = _to_numpy((flat_a @ flat_b.T) / (norms_a[:, None] * norms_b[None, :]))
     matrix[~np.isfinite(matrix)] = np.nan
     return matrix
+
+
+def _row_norms(flat: Any) -> Any:
+    """The Euclidean norm of every row, without materializing the squares."""
+    if isinstance(flat, np.ndarray):
+        return np.sqrt(np.einsum("ij,ij->i", flat, flat))
+    import torch
+
+    return torch.sqrt(torch.einsum("ij,ij->i", flat, flat))
 
 
 def _leading_row_sums(m: Float64Array, sizes: NDArray[np.int64]) -> Float64Array:

@@ -32,10 +32,10 @@ from .keys import (
     load_certificates,
     load_public_key,
     load_signer,
-    loose_permissions,
+    permission_warnings,
     read_passphrase,
 )
-from .probes import DEFAULT_SPEC, ProbeSet, load_probes
+from .probes import DEFAULT_SPEC, MIN_PROBES, ProbeSet, load_probes
 from .signing import SIGNATURE_NAME, TrustPolicy
 
 PROG = "reef-forensics"
@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
+        _check_json_target(getattr(args, "json", None))
         return handler(args)
     except BadInputError as exc:
         return _fail(str(exc), 2)
@@ -109,7 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="compute dtype (default float32; representations are always stored as float32)",
     )
-    fp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    fp.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda, cuda:N, or auto: accelerate's device map over the GPUs, the CPU and "
+        "the disk (default cpu)",
+    )
+    fp.add_argument(
+        "--max-memory",
+        metavar="SPEC",
+        help="with --device auto: what each device may hold, e.g. cpu:300MB or 0:2GiB,cpu:8GiB; "
+        "the rest stays on disk",
+    )
+    fp.add_argument(
+        "--offload-dir",
+        metavar="DIR",
+        help="with --device auto: folder for offloaded weights (default a scratch folder)",
+    )
+    fp.add_argument(
+        "--layers",
+        metavar="SPEC",
+        help="keep only these hidden states, e.g. 0,4,8 or 0-12 (0 = embeddings, i = block i; "
+        "default all)",
+    )
     fp.add_argument(
         "--padding-side", choices=("right", "left"), default="right", help="default right"
     )
@@ -328,6 +351,38 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--json", metavar="FILE", help="write the queue's counts as JSON at the end")
     work.set_defaults(handler=_cmd_worker)
 
+    fleet = commands.add_parser(
+        "fleet",
+        help="fingerprint and screen many model versions at once on Ray (reef-forensics[ray])",
+        description="Screen model versions of the registry against the protected victims with "
+        "Ray: one task per version that has no fingerprint yet (each fingerprint is extracted "
+        "once), one task per (suspect, victim) comparison; the tags and signed artifacts are the "
+        "worker's. Versions already done are skipped. Exit 1 when a version failed.",
+    )
+    fleet.add_argument(
+        "versions",
+        nargs="*",
+        metavar="VERSION",
+        help="models:/NAME/VERSION to screen (or --all)",
+    )
+    fleet.add_argument(
+        "--all", action="store_true", help="every version in the registry that is not done yet"
+    )
+    _add_config_option(fleet)
+    fleet.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="CPUs of the local Ray instance, one task each (default: all)",
+    )
+    fleet.add_argument(
+        "--address", metavar="ADDR", help="an existing Ray cluster (e.g. ray://HOST:10001, auto)"
+    )
+    fleet.add_argument(
+        "--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)"
+    )
+    fleet.set_defaults(handler=_cmd_fleet)
+
     serve = commands.add_parser(
         "serve",
         help="receive MLflow webhooks (model_version.created) into the job queue",
@@ -465,10 +520,8 @@ def _signer_from_args(args: argparse.Namespace) -> Signer | None:
         chain=args.chain,
     )
     os.environ.pop(PASSPHRASE_ENV, None)  # read once; nothing started later inherits it
-    if loose_permissions(key_path):
-        print(
-            f"{PROG}: warning: {key_path} can be read by other users; chmod 600 it", file=sys.stderr
-        )
+    for warning in permission_warnings(key_path, args.passphrase_file):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     return signer
 
 
@@ -534,6 +587,9 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=_show_progress(args),
         signer=signer,
+        layers=args.layers,
+        max_memory=args.max_memory,
+        offload_dir=args.offload_dir,
     )
     summary = _fingerprint_summary(fingerprint)
     if args.json:
@@ -757,6 +813,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         )
     queue = config.open_queue()
     worker = Worker(config, queue)
+    os.environ.pop(PASSPHRASE_ENV, None)  # the key is loaded; no model code or child inherits it
     try:
         handled = worker.run(until_empty=args.until_empty, poll_seconds=args.poll)
     except KeyboardInterrupt:
@@ -772,17 +829,55 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .fleet import screen_fleet
+
+    if bool(args.versions) == args.all:
+        raise BadInputError("give the versions to screen (models:/NAME/VERSION ...) or --all")
+    config = load_config(args.config)
+    result = screen_fleet(
+        config,
+        None if args.all else args.versions,
+        num_workers=args.workers,
+        address=args.address,
+    )
+    if args.json:
+        _emit_json(args.json, result.as_json())
+    if args.json != "-":
+        lines = [
+            f"fleet: {len(result.fingerprinted)} fingerprinted, {len(result.reused)} reused, "
+            f"{len(result.skipped)} already done, {len(result.screenings)} comparison(s), "
+            f"{len(result.failed)} failed, on {result.workers} CPU(s) in {result.seconds:.1f} s"
+        ]
+        for s in result.screenings:
+            p = "n/a" if s.p_value is None else f"{s.p_value:.2g}"
+            score = "n/a" if s.score is None else f"{s.score:.4f}"
+            lines.append(f"  {s.suspect} vs {s.victim}: {s.verdict} score={score} p={p}")
+        lines += [f"  FAILED {label}: {reason}" for label, reason in result.failed.items()]
+        print("\n".join(lines))
+    return 1 if result.failed else 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .config import load_config
     from .plugins.webhook import make_server
 
+    if not 0 <= args.port <= 65535:
+        raise BadInputError(f"--port must be between 0 and 65535, got {args.port}")
     config = load_config(args.config)
     secret = config.webhook_secret
     if not secret:
         raise BadInputError(
             f"no webhook secret: set {config.webhook_secret_env} to the secret given to MLflow's webhook"
         )
-    server = make_server(args.host, args.port, config.open_queue(), secret, config.webhook_max_age)
+    queue = config.open_queue()
+    try:
+        server = make_server(args.host, args.port, queue, secret, config.webhook_max_age)
+    except OSError as exc:  # the port is taken, the address is not this machine's, ...
+        raise BadInputError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from None
     print(
         f"receiving MLflow webhooks on http://{args.host}:{server.server_address[1]}/ (queue {config.queue})",
         flush=True,
@@ -893,6 +988,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_probes(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < MIN_PROBES:  # named as this command spells it
+        raise BadInputError(f"--limit must be at least {MIN_PROBES}, got {args.limit}")
     probe_set = load_probes(args.spec, column=args.column, split=args.split, limit=args.limit)
     summary = {"name": probe_set.name, "count": len(probe_set), "digest": probe_set.digest}
     if args.json:
@@ -904,6 +1001,19 @@ def _cmd_probes(args: argparse.Namespace) -> int:
 
 def _probes_line(probe_set: ProbeSet) -> str:
     return f"{probe_set.name}: {len(probe_set)} texts, digest {probe_set.digest}"
+
+
+def _check_json_target(destination: str | None) -> None:
+    """Refuse a --json FILE that cannot be written before any work is done, rather than after
+    the command has made its other outputs."""
+    if not destination or destination == "-":
+        return
+    target = Path(destination)
+    if target.is_dir():
+        raise BadInputError(f"--json {target} is a directory: give a file name")
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise BadInputError(f"--json {target}: {parent} is a file, not a folder")
 
 
 def _emit_json(destination: str, value: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .cka import CkaMethod, Float64Array, centered_grams, cka_curve, cka_matrix, curve_sizes, gram
 from .errors import ComparisonError
-from .fingerprint import EMBEDDINGS_LAYER, Fingerprint
+from .fingerprint import EMBEDDINGS_LAYER, Fingerprint, layer_selection_mismatch
 
 #: REEF's layer as a fraction of depth: block 19 of 32 (hidden_states[19], its 0-based layer 18).
 REEF_BLOCK, REEF_DEPTH = 19, 32
@@ -121,9 +121,17 @@ def compare_fingerprints(
     method: CkaMethod | None = None,
     force: bool = False,
     progress: bool = False,
+    device: str | None = None,
 ) -> Comparison:
-    """CKA between every layer of ``a`` and every layer of ``b`` on their shared probe texts."""
+    """CKA between every layer of ``a`` and every layer of ``b`` on their shared probe texts.
+
+    ``device`` (a torch device, such as ``cuda``) builds the Gram matrices and the CKA matrix
+    there; None computes them with numpy.
+    """
     chosen = method or CkaMethod()
+    mismatch = layer_selection_mismatch(a, b)
+    if mismatch:
+        raise ComparisonError(f"the fingerprints took different layers: {mismatch}")
     if a.num_samples != b.num_samples:
         raise ComparisonError(
             f"the fingerprints hold different numbers of probe texts ({a.num_samples} vs "
@@ -144,9 +152,9 @@ def compare_fingerprints(
         disable=not progress,
         file=sys.stderr,
     ) as bar:
-        centered_a = centered_grams(_counted(a, bar), chosen, count=len(a.layers))
-        centered_b = centered_grams(_counted(b, bar), chosen, count=len(b.layers))
-    matrix = cka_matrix(centered_a, centered_b)
+        centered_a = centered_grams(_counted(a, bar), chosen, count=len(a.layers), device=device)
+        centered_b = centered_grams(_counted(b, bar), chosen, count=len(b.layers), device=device)
+    matrix = cka_matrix(centered_a, centered_b, device=device)
     del centered_a, centered_b
     sizes = curve_sizes(a.num_samples)
     curve = cka_curve(

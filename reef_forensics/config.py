@@ -137,11 +137,28 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             v if v.startswith(("models:/", "runs:/")) else str(path_of(v, what)) for v in value
         )
 
-    def number(section: dict[str, Any], key: str, default: float, what: str) -> float:
+    def number(
+        section: dict[str, Any], key: str, default: float, what: str, *, positive: bool = False
+    ) -> float:
+        """A number from the file: never negative; ``positive`` where zero would make the
+        deployment refuse everything (a webhook max age of 0 s, a lease of 0 s)."""
         value = section.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise BadInputError(f"{what} must be a non-negative number")
+        if positive and not value > 0:
+            raise BadInputError(f"{what} must be greater than 0, got {value}")
         return float(value)
+
+    def count(section: dict[str, Any], key: str, default: int, what: str) -> int:
+        value = number(section, key, default, what)
+        if value < 1 or not value.is_integer():
+            raise BadInputError(f"{what} must be a whole number of at least 1, got {value:g}")
+        return int(value)
+
+    def text(value: Any, what: str) -> str | None:
+        if value is not None and (not isinstance(value, str) or not value):
+            raise BadInputError(f"{what} must be a non-empty string")
+        return value
 
     env = os.environ
 
@@ -165,10 +182,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     return Config(
         source=source,
         tracking_uri=env.get("REEF_TRACKING_URI")
-        or top.get("tracking_uri")
+        or text(top.get("tracking_uri"), "tracking_uri")
         or env.get("MLFLOW_TRACKING_URI"),
         queue=from_env("REEF_QUEUE") or path_of(top.get("queue"), "queue") or DEFAULT_QUEUE,
-        probes=env.get("REEF_PROBES") or top.get("probes") or "builtin:default",
+        probes=env.get("REEF_PROBES") or text(top.get("probes"), "probes") or "builtin:default",
         work_dir=path_of(top.get("work_dir"), "work_dir") or Config().work_dir,
         key=from_env("REEF_KEY") or path_of(signing.get("key"), "[signing] key"),
         cert=from_env("REEF_CERT") or path_of(signing.get("cert"), "[signing] cert"),
@@ -177,11 +194,14 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         victims=strings(screening.get("victims", []), "[screening] victims"),
         references=strings(screening.get("references", []), "[screening] references"),
         rule=rule,
-        max_attempts=int(number(worker, "max_attempts", 5, "[worker] max_attempts")),
-        lease_seconds=number(worker, "lease_seconds", 600, "[worker] lease_seconds"),
+        max_attempts=count(worker, "max_attempts", 5, "[worker] max_attempts"),
+        lease_seconds=number(worker, "lease_seconds", 600, "[worker] lease_seconds", positive=True),
         backoff_seconds=number(worker, "backoff_seconds", 5, "[worker] backoff_seconds"),
-        webhook_secret_env=str(webhook.get("secret_env", "REEF_WEBHOOK_SECRET")),
-        webhook_max_age=number(webhook, "max_age_seconds", 300, "[webhook] max_age_seconds"),
+        webhook_secret_env=text(webhook.get("secret_env"), "[webhook] secret_env")
+        or "REEF_WEBHOOK_SECRET",
+        webhook_max_age=number(
+            webhook, "max_age_seconds", 300, "[webhook] max_age_seconds", positive=True
+        ),
     )
 
 

@@ -245,6 +245,8 @@ def run_demo(
     from .worker import Worker
 
     root = Path(folder).resolve()
+    if root.exists() and not root.is_dir():
+        raise BadInputError(f"{root} is a file: choose an empty or new --dir")
     if root.exists() and any(root.iterdir()) and not (root / "reef.toml").is_file():
         raise BadInputError(f"{root} exists and is not a demo folder: choose an empty or new --dir")
     if real_models and "victim" not in real_models_available():

@@ -10,6 +10,7 @@ by name; it is valid only when all of them passed.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,8 @@ def _findings_consistency(folder: Path, result: VerificationResult) -> None:
             problem = f"{FINDINGS_FILE} is not in canonical form"
         elif record.get("verdict") not in VERDICTS:
             problem = f"{FINDINGS_FILE} has no known verdict"
+        elif not all(_names_by_digest(record.get(role)) for role in ("victim", "suspect")):
+            problem = f"{FINDINGS_FILE} does not name its victim and suspect fingerprints by digest"
         else:
             problem = _verdict_problem(record)
     except ValueError:
@@ -93,6 +96,16 @@ def _findings_consistency(folder: Path, result: VerificationResult) -> None:
         or "a canonical findings record, version 2, whose verdict and p-values follow from its "
         "recorded scores, reference scores and decision rule",
     )
+
+
+def _names_by_digest(described: Any) -> bool:
+    """A record's victim or suspect: an object with the fingerprint's ``sha256:`` digest (what
+    reports and recomputation look the fingerprint up by)."""
+    return isinstance(described, dict) and _is_digest(described.get("digest"))
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", value) is not None
 
 
 def _verdict_problem(record: dict[str, Any]) -> str | None:

@@ -51,7 +51,12 @@ EMBEDDINGS_LAYER = "embeddings"
 
 def layer_names(num_hidden_states: int) -> list[str]:
     """``embeddings`` for hidden_states[0], then ``block_1`` ... ``block_L``, each block's output."""
-    return [EMBEDDINGS_LAYER] + [f"block_{i}" for i in range(1, num_hidden_states)]
+    return [layer_name(i) for i in range(num_hidden_states)]
+
+
+def layer_name(index: int) -> str:
+    """The name of hidden state ``index``: ``embeddings`` for 0, ``block_i`` otherwise."""
+    return EMBEDDINGS_LAYER if index == 0 else f"block_{index}"
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,12 @@ class Fingerprint:
     @property
     def pooling(self) -> str:
         return str(self.manifest["extraction"]["pooling"])
+
+    @property
+    def layer_selection(self) -> tuple[int, ...] | None:
+        """The hidden-state indices taken (``--layers``), or None when every layer was."""
+        chosen = self.manifest["extraction"].get("layers")
+        return None if chosen is None else tuple(chosen)
 
     def describe(self) -> dict[str, str]:
         """Who this fingerprint is: its path and the digests that identify it."""
@@ -175,7 +186,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             f"{path}: format version {manifest.get('format_version')!r} is not supported "
             f"(this tool reads version {FORMAT_VERSION})"
         )
-    if canonical_json(manifest) != raw:
+    if not _is_canonical(manifest, raw):
         raise FingerprintError(f"{path} is not in canonical form (edited by hand?)")
     try:
         problem = _manifest_problem(manifest)
@@ -184,6 +195,16 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if problem:
         raise FingerprintError(f"{path} {problem}")
     return manifest
+
+
+def _is_canonical(value: Any, raw: bytes) -> bool:
+    """Whether ``raw`` is the canonical form of the ``value`` parsed from it. Python's parser
+    accepts what canonical JSON cannot hold (NaN, infinities, integers beyond 2**53, lone
+    surrogates): such a file has no canonical form, so it is not in it."""
+    try:
+        return canonical_json(value) == raw
+    except ValueError:
+        return False
 
 
 _LAYER_NAME = re.compile(r"embeddings|block_[1-9][0-9]*")
@@ -215,7 +236,33 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
         return "has layer names other than unique 'embeddings' and 'block_N'"
     if not all(isinstance(layer["dim"], int) and layer["dim"] >= 1 for layer in layers):
         return "has a layer width that is not a positive integer"
+    chosen = manifest["extraction"].get("layers")
+    if chosen is not None and (
+        not isinstance(chosen, list)
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in chosen)
+        or chosen != sorted(set(chosen))
+        or [layer_name(i) for i in chosen] != names
+    ):
+        return "records a layer selection (extraction.layers) that does not match its layers"
     return None
+
+
+def layer_selection_mismatch(a: Fingerprint, b: Fingerprint) -> str | None:
+    """Why two fingerprints' layer selections differ, or None when they took the same layers
+    (both every layer, or both the same ``--layers``): comparisons need the same selection."""
+    if a.layer_selection == b.layer_selection:
+        return None
+    return (
+        f"{a.path} holds {_selection_words(a)} but {b.path} holds {_selection_words(b)}: "
+        "fingerprint both with the same --layers"
+    )
+
+
+def _selection_words(fingerprint: Fingerprint) -> str:
+    chosen = fingerprint.layer_selection
+    if chosen is None:
+        return f"every layer ({len(fingerprint.layers)})"
+    return "only layers " + ",".join(str(i) for i in chosen)
 
 
 def _read_texts(path: Path) -> list[str]:
@@ -229,6 +276,7 @@ def _read_texts(path: Path) -> list[str]:
             row = parse_json(line)
             if not isinstance(row["text"], str):
                 raise TypeError
+            row["text"].encode("utf-8")  # JSON's "\ud800", a lone surrogate, is no text
             texts.append(row["text"])
         except (ValueError, KeyError, TypeError):
             raise FingerprintError(f'{path}:{number}: not a {{"text": ...}} line') from None

@@ -3,12 +3,18 @@
 `fingerprint_model` is what the CLI's ``fingerprint`` command and the MLflow worker call.
 `fingerprint_loaded` does the same for a model already in memory (benchmarks, tests, callers
 that fingerprint one model on several probe sets).
+
+Representations go to disk batch by batch (`FingerprintWriter` fills a memory-mapped file), so
+memory holds one batch's activations, never the whole fingerprint. With device ``auto`` and a
+small ``max_memory``, the weights that do not fit stay on disk until their block runs: peak
+memory is about the largest block plus one batch's activations (docs/formats.md, bench/).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +26,8 @@ from .extraction import (
     Pooling,
     default_pooling,
     iter_pooled,
+    num_blocks,
+    parse_layers,
     tokenize_probes,
 )
 from .fingerprint import (
@@ -27,6 +35,7 @@ from .fingerprint import (
     FingerprintWriter,
     check_destination,
     created_timestamp,
+    layer_name,
     layer_names,
 )
 from .models import (
@@ -62,33 +71,49 @@ def fingerprint_model(
     overwrite: bool = False,
     progress: bool = False,
     signer: Signer | None = None,
+    layers: str | Sequence[int] | None = None,
+    max_memory: str | Mapping[Any, Any] | None = None,
+    offload_dir: str | os.PathLike[str] | None = None,
 ) -> Fingerprint:
     """Fingerprint the model at ``model`` (a Hugging Face folder or a GGUF file) into ``out``.
 
-    ``device`` is ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. Raises a `BadInputError` subclass
-    for anything the caller can fix; nothing is left at ``out`` when it fails.
+    ``device`` is ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (accelerate's device map over the
+    GPUs, the CPU and the disk, capped by ``max_memory``; see `load_model`). ``layers`` keeps
+    only some hidden states (`parse_layers`). Raises a `BadInputError` subclass for anything
+    the caller can fix; nothing is left at ``out`` when it fails.
     """
     probe_set = probes if probes is not None else load_probes()
     check_destination(Path(out), overwrite=overwrite)
-    device = resolve_device(device)
+    if device != "auto":
+        device = resolve_device(device)
     source = resolve_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     digest = model_digest(source)
-    loaded = load_model(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    return fingerprint_loaded(
-        loaded,
-        digest,
-        out,
-        probes=probe_set,
-        pooling=pooling,
-        batch_size=batch_size,
-        max_length=max_length,
+    loaded = load_model(
+        source,
         dtype=dtype,
         device=device,
-        padding_side=padding_side,
-        overwrite=overwrite,
-        progress=progress,
-        signer=signer,
+        trust_remote_code=trust_remote_code,
+        max_memory=max_memory,
+        offload_dir=offload_dir,
     )
+    try:
+        return fingerprint_loaded(
+            loaded,
+            digest,
+            out,
+            probes=probe_set,
+            pooling=pooling,
+            batch_size=batch_size,
+            max_length=max_length,
+            dtype=dtype,
+            padding_side=padding_side,
+            overwrite=overwrite,
+            progress=progress,
+            signer=signer,
+            layers=layers,
+        )
+    finally:
+        loaded.close()
 
 
 def fingerprint_loaded(
@@ -101,14 +126,21 @@ def fingerprint_loaded(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: int = DEFAULT_MAX_LENGTH,
     dtype: str = "float32",
-    device: str = "cpu",
+    device: str | None = None,
     padding_side: PaddingSide = "right",
     overwrite: bool = False,
     progress: bool = False,
     signer: Signer | None = None,
+    layers: str | Sequence[int] | None = None,
 ) -> Fingerprint:
-    """Extract a loaded model's representations of ``probes`` and write the fingerprint."""
+    """Extract a loaded model's representations of ``probes`` and write the fingerprint.
+
+    ``device`` is where inputs go and what the manifest records (default: where `load_model`
+    put the model). ``layers`` keeps only those hidden states (`parse_layers`); the manifest
+    then records them as ``extraction.layers``.
+    """
     chosen_pooling = pooling or default_pooling(loaded)
+    selection = parse_layers(layers, num_blocks(loaded)) if layers is not None else None
     tokens = tokenize_probes(loaded.tokenizer, probes.texts, max_length)
     with (
         FingerprintWriter(out, overwrite=overwrite) as writer,
@@ -126,28 +158,30 @@ def fingerprint_loaded(
             pooling=chosen_pooling,
             batch_size=batch_size,
             padding_side=padding_side,
-            device=device,
+            device=device or loaded.device,
+            layers=selection,
             on_batch=bar.update,
         ):
             if not writer.started:
-                writer.start(
-                    layer_names(len(batch.layers)), [a.shape[1] for a in batch.layers], len(probes)
+                names = (
+                    layer_names(len(batch.layers))
+                    if selection is None
+                    else [layer_name(i) for i in selection]
                 )
+                writer.start(names, [a.shape[1] for a in batch.layers], len(probes))
             writer.write_rows(batch.indices, batch.layers)
-        manifest = _manifest(
-            loaded,
-            digest,
-            probes,
-            extraction={
-                "pooling": chosen_pooling,
-                "padding_side": padding_side,
-                "max_length": max_length,
-                "truncated": tokens.truncated,
-                "compute_dtype": dtype,
-                "batch_size": batch_size,
-                "device": device,
-            },
-        )
+        extraction: dict[str, Any] = {
+            "pooling": chosen_pooling,
+            "padding_side": padding_side,
+            "max_length": max_length,
+            "truncated": tokens.truncated,
+            "compute_dtype": dtype,
+            "batch_size": batch_size,
+            "device": device or loaded.placement,
+        }
+        if selection is not None:  # absent means every layer, as in fingerprints made before
+            extraction["layers"] = list(selection)
+        manifest = _manifest(loaded, digest, probes, extraction=extraction)
         return writer.commit(probes.texts, manifest, signer=signer)
 
 

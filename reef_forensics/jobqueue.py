@@ -2,8 +2,10 @@
 
 - `enqueue` is idempotent: a version already queued (by the registry store, a webhook, or both,
   any number of times) stays one job. Returns whether a new job was made.
-- `claim` hands a worker the oldest job that is due, under a lease. A worker that dies mid-job
-  stops renewing nothing: when its lease runs out, the job is due again (at-least-once).
+- `claim` hands a worker the oldest job that is due, under a lease, which the worker `renew`s
+  while it works (a job may take longer than one lease). A worker that dies mid-job stops
+  renewing: when its lease runs out, the job is due again (at-least-once), unless its attempts
+  are spent: a job that kept killing its workers is marked `failed`.
 - `complete` ends a job; `fail` puts it back with exponential backoff, or marks it `failed`
   once its attempts are spent; `defer` puts it back without counting the attempt (it waits for
   another job). Processing must be idempotent (the worker checks the version's
@@ -23,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import BadInputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -73,8 +77,11 @@ class JobQueue:
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(SCHEMA)
+        try:
+            with self._connect() as db:
+                db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:  # not SQLite, damaged, a directory, unwritable
+            raise BadInputError(f"{self.path} cannot be opened as a job queue: {exc}") from None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -112,6 +119,18 @@ class JobQueue:
         """The next due job, leased to ``worker``; None when nothing is due."""
         moment = time.time() if now is None else now
         with self._transaction() as db:
+            # a job whose workers died with it `max_attempts` times (killed, out of memory) is
+            # a poison pill: it fails instead of taking down every worker that takes it next
+            db.execute(
+                "UPDATE jobs SET state = 'failed', lease_until = NULL, last_error = ?, updated = ?"
+                " WHERE state = 'running' AND lease_until < ? AND attempts >= ?",
+                (
+                    f"its worker stopped during each of {self.max_attempts} attempts",
+                    moment,
+                    moment,
+                    self.max_attempts,
+                ),
+            )
             row = db.execute(
                 "SELECT id FROM jobs WHERE (state = 'pending' AND available_at <= ?)"
                 " OR (state = 'running' AND lease_until < ?) ORDER BY available_at, id LIMIT 1",
@@ -125,6 +144,18 @@ class JobQueue:
                 (moment + self.lease_seconds, worker, moment, row[0]),
             )
             return self._job(db, row[0])
+
+    def renew(self, job: Job, worker: str, now: float | None = None) -> bool:
+        """Extend the lease of a job that ``worker`` still holds (a heartbeat while it works);
+        False when the lease was lost (it ran out and another worker took the job)."""
+        moment = time.time() if now is None else now
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET lease_until = ?, updated = ? WHERE id = ? AND state = 'running'"
+                " AND worker = ? AND lease_until >= ?",
+                (moment + self.lease_seconds, moment, job.id, worker, moment),
+            )
+            return cursor.rowcount == 1
 
     def complete(self, job: Job) -> None:
         with self._transaction() as db:
@@ -160,12 +191,17 @@ class JobQueue:
                 (now + seconds, reason[:2000], now, job.id),
             )
 
-    def seen_delivery(self, delivery_id: str) -> bool:
-        """Record a webhook delivery id; True when it had been recorded before (a replay)."""
+    def seen_delivery(self, delivery_id: str, *, forget_after: float | None = None) -> bool:
+        """Record a webhook delivery id; True when it had been recorded before (a replay).
+        Ids older than ``forget_after`` seconds are dropped first: the receiver refuses their
+        deliveries by timestamp anyway, so the table stays as small as the replay window."""
+        now = time.time()
         with self._transaction() as db:
+            if forget_after is not None:
+                db.execute("DELETE FROM deliveries WHERE received < ?", (now - forget_after,))
             cursor = db.execute(
                 "INSERT OR IGNORE INTO deliveries (delivery_id, received) VALUES (?, ?)",
-                (delivery_id, time.time()),
+                (delivery_id, now),
             )
             return cursor.rowcount == 0
 

@@ -309,6 +309,15 @@ def loose_permissions(path: Path) -> bool:
     return bool(path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
 
 
+def permission_warnings(*secrets: str | os.PathLike[str] | None) -> list[str]:
+    """One warning for each key or passphrase file that other users can read (None skipped)."""
+    return [
+        f"{path} can be read by other users; chmod 600 it"
+        for path in (Path(p) for p in secrets if p is not None)
+        if path.is_file() and loose_permissions(path)
+    ]
+
+
 def describe_key_file(path: Path, *, passphrase: bytes | None = None) -> dict[str, str]:
     """What a key file holds and its fingerprint; never the key material itself."""
     data = _read_file(path, "")

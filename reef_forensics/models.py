@@ -5,15 +5,26 @@ folder (``config.json`` plus safetensors weights, sharded or not) or a GGUF file
 checkpoints (``.bin``, ``.pt``, ...) can run code when loaded, so a folder that holds only
 those is refused unless ``allow_pickle``; a config that needs code from the model's folder
 (``auto_map`` for an architecture transformers does not know) is refused unless
-``trust_remote_code``. Safetensors headers are checked before transformers sees them.
+``trust_remote_code``. Safetensors and GGUF headers are checked before transformers sees them.
 
 `model_digest` hashes the weight, config and tokenizer files, streaming, in a stable order.
-`load_model` returns the torch model and its tokenizer.
+`load_model` returns the torch model and its tokenizer: on one device, or with device ``auto``
+spread by accelerate's device map over the GPUs, the CPU and the disk (``max_memory`` caps what
+each may hold), so a model larger than any one device's memory can still be fingerprinted.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
+import re
+import shutil
+import tempfile
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .digests import sha256_file, sha256_json
 from .errors import BadInputError, ModelLoadError, first_line
 from .files import parse_json
+from .gguf_file import read_gguf_header
 from .safetensors_file import read_header
 
 if TYPE_CHECKING:
@@ -54,7 +66,22 @@ DIGESTED_NAMES = TOKENIZER_NAMES | {
 #: Also digested: tiktoken vocabularies, and Python files (code that --trust-remote-code runs).
 DIGESTED_SUFFIXES = (".tiktoken", ".py")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: Accelerate's ``max_memory``: a GPU index or ``"cpu"`` -> the bytes that device may hold.
+MaxMemory = dict[int | str, int]
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?b|b)?", re.IGNORECASE)
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 ModelKind = Literal["hf-directory", "gguf"]
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 def _is_digested(name: str) -> bool:
@@ -112,6 +139,18 @@ class LoadedModel:
     tokenizer: Any
     model_type: str
     is_encoder: bool
+    #: where input ids go (the device of the first module)
+    device: str = "cpu"
+    #: where the weights are, as a fingerprint records it: a device, or ``auto:`` and the
+    #: devices of accelerate's map (``auto:cpu+disk``)
+    placement: str = "cpu"
+    _cleanup: weakref.finalize[Any, Any] | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Remove the scratch offload folder made for this model, if any (also done when the
+        model is garbage-collected, or at exit)."""
+        if self._cleanup is not None:
+            self._cleanup()
 
 
 def resolve_model(
@@ -165,6 +204,10 @@ def _gguf_source(path: Path) -> ModelSource:
     with open(path, "rb") as handle:
         if handle.read(4) != b"GGUF":
             raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes)")
+    try:
+        read_gguf_header(path)  # gguf's own reader trusts every count and offset it reads
+    except BadInputError as exc:
+        raise ModelLoadError(str(exc)) from None
     return ModelSource(path, "gguf", (path,))
 
 
@@ -251,8 +294,20 @@ def load_model(
     dtype: str = "float32",
     device: str = "cpu",
     trust_remote_code: bool = False,
+    max_memory: str | Mapping[Any, Any] | None = None,
+    offload_dir: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
-    """Load the base model (the one returning hidden states) and its tokenizer, offline."""
+    """Load the base model (the one returning hidden states) and its tokenizer, offline.
+
+    ``device`` ``auto`` lets accelerate place the weights: the GPUs first, then the CPU, then
+    the disk, each device holding at most its ``max_memory`` (`parse_max_memory`). Weights
+    placed on the disk stay in their safetensors files (or in ``offload_dir``, a scratch folder
+    by default) and are read, one block at a time, when the forward pass reaches them.
+    """
+    if device != "auto" and (max_memory is not None or offload_dir is not None):
+        raise ModelLoadError(
+            "--max-memory and --offload-dir need --device auto (accelerate's device map)"
+        )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers import AutoModel, AutoTokenizer
@@ -273,10 +328,20 @@ def load_model(
         raise ModelLoadError(
             f"cannot load the tokenizer of {source.path}: {first_line(exc)}"
         ) from None
+    mapping, scratch = (
+        _device_map_options(max_memory, offload_dir) if device == "auto" else ({}, None)
+    )
     try:
-        model = AutoModel.from_pretrained(location, dtype=torch_dtype, **common, **extra)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load {source.path}: {first_line(exc)}") from None
+        with _quiet_accelerate():
+            model = _load_weights(
+                AutoModel, source, location, dtype=torch_dtype, **common, **extra, **mapping
+            )
+    except BaseException:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    # the scratch folder lives as long as the model (or until LoadedModel.close)
+    cleanup = weakref.finalize(model, shutil.rmtree, scratch, True) if scratch else None
     if source.kind == "gguf":
         _apply_gguf_bos(source.path, tokenizer)
     config = model.config
@@ -285,12 +350,7 @@ def load_model(
             f"{source.path} is an encoder-decoder model ({config.model_type}); "
             "only decoder-only and encoder-only models are supported"
         )
-    try:
-        model.to(device)
-    except (RuntimeError, AssertionError) as exc:
-        raise ModelLoadError(
-            f"cannot move the model to device {device!r}: {first_line(exc)}"
-        ) from None
+    input_device, placement = _place(model, device)
     model.eval()
     return LoadedModel(
         source=source,
@@ -298,7 +358,200 @@ def load_model(
         tokenizer=tokenizer,
         model_type=str(config.model_type),
         is_encoder=_is_encoder(config),
+        device=input_device,
+        placement=placement,
+        _cleanup=cleanup,
     )
+
+
+def _place(model: Any, device: str) -> tuple[str, str]:
+    """Move the model to ``device`` (accelerate already placed it for ``auto``); return the
+    device its inputs go to and the placement a fingerprint records."""
+    if device == "auto":
+        return _mapped_devices(getattr(model, "hf_device_map", None) or {"": "cpu"})
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise ModelLoadError(
+            f"cannot move the model to device {device!r}: {first_line(exc)}"
+        ) from None
+    return device, device
+
+
+def _mapped_devices(device_map: Mapping[str, Any]) -> tuple[str, str]:
+    """The input device and the placement label of an accelerate device map (module -> GPU
+    index, ``cpu`` or ``disk``, in module order: the embeddings come first)."""
+    devices: list[str] = []
+    for value in device_map.values():
+        name = f"cuda:{value}" if isinstance(value, int) else str(value)
+        if name not in devices:
+            devices.append(name)
+    first = devices[0] if devices else "cpu"
+    input_device = first if first.startswith("cuda") else "cpu"
+    if len(devices) == 1 and first != "disk":
+        return input_device, first
+    return input_device, "auto:" + "+".join(devices)
+
+
+def _device_map_options(
+    max_memory: str | Mapping[Any, Any] | None, offload_dir: str | os.PathLike[str] | None
+) -> tuple[dict[str, Any], Path | None]:
+    """``from_pretrained``'s options for accelerate's device map, and the scratch offload
+    folder made here when none was given (None otherwise)."""
+    import torch
+
+    _return_freed_memory()
+    options: dict[str, Any] = {"device_map": "auto"}
+    if max_memory is not None:
+        limits = parse_max_memory(max_memory)
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        missing = sorted(d for d in limits if isinstance(d, int) and d >= gpus)
+        if missing:
+            raise ModelLoadError(
+                f"--max-memory names GPU {missing[0]}, but this machine has {gpus} CUDA device(s)"
+            )
+        options["max_memory"] = limits
+    if offload_dir is None:
+        folder = Path(tempfile.mkdtemp(prefix="reef-offload-"))
+        options["offload_folder"] = str(folder)
+        return options, folder
+    folder = Path(offload_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot use {folder} as --offload-dir: {exc.strerror or exc}"
+        ) from None
+    options["offload_folder"] = str(folder)
+    return options, None
+
+
+def _return_freed_memory() -> None:
+    """Make glibc hand large freed blocks back to the system at once.
+
+    Offloaded weights are read into memory for their block's forward pass and freed after it.
+    glibc raises its mmap threshold each time such a block is freed, so later ones come from
+    the heap and stay resident: without this, an offloaded model ends up nearly as resident as
+    a loaded one. Pinning the threshold (at glibc's default, 128 KiB) keeps peak memory near
+    one block. Does nothing where the C library has no ``mallopt``.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
+@contextmanager
+def _quiet_accelerate() -> Iterator[None]:
+    """Silence accelerate's warning that offloaded parameters sit on the meta device: that is
+    what offloading means, not a problem to report."""
+    accelerate_logger = logging.getLogger("accelerate")
+    level = accelerate_logger.level
+    accelerate_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        accelerate_logger.setLevel(level)
+
+
+def parse_size(text: str) -> int:
+    """A byte count from ``300MB``, ``1.5GB``, ``2GiB`` or a plain number of bytes (units are
+    case-insensitive; ``MB`` is 10**6 bytes, ``MiB`` 2**20)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise BadInputError(f"{text!r} is not a size (such as 300MB, 2GiB or 1000000)")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
+
+
+def parse_max_memory(spec: str | Mapping[Any, Any]) -> MaxMemory:
+    """How much each device may hold, as accelerate's ``max_memory``.
+
+    ``spec`` is ``DEVICE:SIZE`` pairs separated by commas (``0:2GiB,cpu:1GiB``) or a mapping
+    (``{"cpu": "300MB"}``); a device is ``cpu``, a GPU index ``N`` or ``cuda:N``. Devices not
+    named get nothing; what fits nowhere goes to the disk.
+    """
+    items = list(spec.items()) if isinstance(spec, Mapping) else _memory_pairs(spec)
+    if not items:
+        raise BadInputError("--max-memory is empty: give DEVICE:SIZE pairs, such as cpu:300MB")
+    limits: MaxMemory = {}
+    for key, value in items:
+        device = _memory_device(key)
+        if device in limits:
+            raise BadInputError(f"--max-memory names {key!r} twice")
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise BadInputError(f"--max-memory: {value!r} is not a size (such as 300MB or 2GiB)")
+        limits[device] = value if isinstance(value, int) else parse_size(value)
+        if limits[device] < 0:
+            raise BadInputError(f"--max-memory: the size for {key!r} is negative")
+    return limits
+
+
+def _memory_pairs(spec: str) -> list[tuple[str, str]]:
+    pairs = []
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        device, sep, size = part.rpartition(":")  # rpartition: cuda:0:2GiB names cuda:0
+        if not sep or not device.strip():
+            raise BadInputError(
+                f"--max-memory: {part.strip()!r} is not DEVICE:SIZE (such as cpu:300MB)"
+            )
+        pairs.append((device.strip(), size.strip()))
+    return pairs
+
+
+def _memory_device(key: Any) -> int | str:
+    if isinstance(key, int) and not isinstance(key, bool) and key >= 0:
+        return key
+    text = str(key).strip().lower()
+    if text == "cpu":
+        return "cpu"
+    index = text.removeprefix("cuda:")
+    if index.isdigit():
+        return int(index)
+    raise BadInputError(f"--max-memory: unknown device {key!r} (expected cpu, N or cuda:N)")
+
+
+def _load_weights(auto_class: Any, source: ModelSource, location: str, **options: Any) -> Any:
+    """``auto_class.from_pretrained``; pickle weights (``--allow-pickle``) only ever through
+    torch's ``weights_only`` unpickler, which builds tensors and refuses everything else, so a
+    checkpoint that smuggles code in is refused, not run."""
+    if source.uses_pickle:
+        options["weights_only"] = True  # explicit: whatever transformers' default becomes
+    try:
+        with warnings.catch_warnings():
+            # torch warns, over three lines, about pickle protocols its unpickler may not know
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            model, info = auto_class.from_pretrained(location, output_loading_info=True, **options)
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(
+            f"{source.path}: the pickle weights hold more than tensors, and torch's weights-only "
+            f"unpickler refused them ({_unpickler_reason(exc)}); nothing in them was run"
+        ) from None
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {source.path}: {first_line(exc)}") from None
+    missing = [k for k in info.get("missing_keys", ()) if not _OPTIONAL_WEIGHTS.match(k)]
+    if missing:
+        raise ModelLoadError(
+            f"{source.path}: the weights lack {len(missing)} of the architecture's parameters "
+            f"(first: {sorted(missing)[0]}); transformers would fill them with random numbers, "
+            "so a truncated or foreign checkpoint is refused"
+        )
+    return model
+
+
+#: Parameters a checkpoint may lack without changing the hidden states: heads on top of them.
+_OPTIONAL_WEIGHTS = re.compile(r"(pooler|lm_head|score|classifier|cls|qa_outputs)\.")
+
+
+def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler objected to, without its advice to retry unsafely."""
+    _, marker, rest = str(exc).partition("WeightsUnpickler error:")
+    reason = rest.strip().split("\n\n")[0].split(". ")[0].strip() if marker else ""
+    return reason or first_line(exc)
 
 
 def _apply_gguf_bos(path: Path, tokenizer: Any) -> None:
@@ -307,12 +560,9 @@ def _apply_gguf_bos(path: Path, tokenizer: Any) -> None:
     llama.cpp prepends BOS when the file says so; without it every representation of a decoder
     shifts, and a GGUF copy of a model would look less like its original than it is.
     """
-    from gguf import GGUFReader
-
-    field = GGUFReader(path).fields.get("tokenizer.ggml.add_bos_token")
-    if field is None or not field.data:
-        return
-    wants_bos = bool(field.parts[field.data[0]][0])
+    # the checked header, not gguf's reader: that one builds a numpy view of every element of
+    # every metadata array (about 700 bytes each: 500 MB for a 262k-token vocabulary)
+    wants_bos = bool(read_gguf_header(path).scalars.get("tokenizer.ggml.add_bos_token", False))
     if wants_bos and tokenizer.bos_token is not None and not tokenizer.add_bos_token:
         tokenizer.add_bos_token = True
 

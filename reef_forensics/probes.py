@@ -120,6 +120,10 @@ def _from_file(path: Path, column: str | None) -> list[str]:
     except OSError as exc:
         raise ProbeSetError(f"cannot read {path}: {exc.strerror or exc}") from None
     raw = raw.removeprefix("\ufeff")
+    if "\x00" in raw:  # UTF-16 without a byte-order mark reads as UTF-8 with a NUL per letter
+        raise ProbeSetError(
+            f"{path} holds NUL bytes (UTF-16 or binary?): probe files are UTF-8 text"
+        )
     if suffix == ".txt":
         return [line for line in split_lines(raw) if line.strip()]
     if suffix == ".jsonl":
@@ -144,8 +148,12 @@ def _jsonl_texts(path: Path, raw: str, field: str) -> list[str]:
 
 def _csv_texts(path: Path, raw: str, field: str) -> list[str]:
     reader = csv.DictReader(io.StringIO(raw, newline=""))
-    if reader.fieldnames is None or field not in reader.fieldnames:
-        found = ", ".join(reader.fieldnames or []) or "none"
+    try:
+        fieldnames = reader.fieldnames  # reads the header row: a malformed one raises here
+    except csv.Error as exc:
+        raise ProbeSetError(f"{path}: malformed CSV header ({exc})") from None
+    if fieldnames is None or field not in fieldnames:
+        found = ", ".join(fieldnames or []) or "none"
         raise ProbeSetError(f"{path}: no column {field!r} in the header (columns: {found})")
     try:
         return [
@@ -193,4 +201,10 @@ def _check_text(value: Any, where: str) -> str:
         raise ProbeSetError(f"{where}: the text must be a string, got {type(value).__name__}")
     if not value.strip():
         raise ProbeSetError(f"{where}: empty text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's "\ud800": the digest of such a text is undefined
+        raise ProbeSetError(
+            f"{where}: the text holds a lone surrogate (U+{ord(value[exc.start]):04X}), not Unicode"
+        ) from None
     return value

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, charts
 from .analysis import FINDINGS_FILE, format_p
-from .errors import KeyMaterialError, ReefError, SignatureError
+from .errors import BadInputError, KeyMaterialError, SignatureError
 from .evidence import verify_evidence
 from .files import parse_json, write_atomic
 from .fingerprint import MANIFEST
@@ -48,8 +48,8 @@ PDF_VARIANT = "pdf/a-4f"
 SOFTWARE = ("reef-forensics", "weasyprint", "pyhanko", "matplotlib", "jinja2", "cryptography")
 
 
-class ReportError(ReefError):
-    """A report cannot be made from this input."""
+class ReportError(BadInputError):
+    """A report cannot be made from this input (exit code 2, as for any bad input)."""
 
 
 @dataclass(frozen=True)

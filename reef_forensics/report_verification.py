@@ -5,6 +5,9 @@ Checks, by name, each a pass or a fail (a report is valid only when all pass):
 
 - ``pdf``: the file is a PDF with exactly one signature;
 - ``signature``: pyHanko finds the signed bytes intact and the CMS signature valid;
+- ``signature bytes``: the one part of the file the signature cannot cover, its own hex string,
+  holds nothing but the CMS signature in one letter case and zero padding (a PDF reader would
+  accept other spellings of the same bytes, so each byte of the file has exactly one meaning);
 - ``certificate chain``: the signer's certificate chains to a trusted root (``--trust``), or its
   key is the trusted key (``--key``);
 - ``coverage``: the signature covers the whole file (nothing appended after signing);
@@ -83,6 +86,7 @@ def verify_report(
         )
         return result
     result.add("pdf", True, "a PDF with exactly one signature")
+    _check_signature_bytes(data, signatures[0], result)
     signer_cert = _check_pdf_signature(signatures[0], trust, result)
     attachments = _attachments(reader, result)
     if attachments is None:
@@ -100,6 +104,43 @@ def verify_report(
             "checked for consistency with the verdict but not recomputed from the fingerprints"
         )
     return result
+
+
+#: The signature's /Contents as a report is written: hex digits of one letter case, no spaces.
+_CONTENTS = re.compile(rb"<([0-9A-F]*|[0-9a-f]*)>")
+
+
+def _check_signature_bytes(data: bytes, embedded: Any, result: VerificationResult) -> None:
+    """The gap the /ByteRange leaves (the signature's own hex string) in its one written form.
+
+    The signed digest cannot cover these bytes, and a PDF reader takes ``A`` and ``a`` for the
+    same digit, skips white space, and ignores what follows the CMS blob: without this check a
+    byte changed there would leave the report valid.
+    """
+    from asn1crypto import cms
+
+    try:
+        offset, first, start, _ = (int(n) for n in embedded.byte_range)
+        written = data[offset + first : start]
+        match = _CONTENTS.fullmatch(written)
+        if match is None or len(match[1]) % 2:
+            raise ValueError("it is not an even run of hex digits of one letter case in <>")
+        blob = bytes.fromhex(match[1].decode("ascii"))
+        cms_blob = cms.ContentInfo.load(blob).dump()
+        if blob != cms_blob + bytes(len(blob) - len(cms_blob)):
+            raise ValueError("what follows the CMS signature is not zero padding")
+    except Exception as exc:  # a damaged byte range or blob: a failed check, never a crash
+        result.add(
+            "signature bytes",
+            False,
+            f"the signature's /Contents is not as written: {first_line(exc)}",
+        )
+        return
+    result.add(
+        "signature bytes",
+        True,
+        f"the signature's /Contents is its CMS blob ({len(cms_blob)} bytes) in hex, then zeros",
+    )
 
 
 def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: VerificationResult) -> Any:

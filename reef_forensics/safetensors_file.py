@@ -44,7 +44,11 @@ DTYPES: dict[str, tuple[str | None, int]] = {
     "I64": ("<i8", 8),
     "U64": ("<u8", 8),
 }
-_MAX_HEADER = 100 * 1024 * 1024
+#: The largest JSON header read. Parsing costs up to about 20 bytes of memory per header byte
+#: (hostile JSON: empty lists or objects), so a 100 MB header (the safetensors library's cap)
+#: could take 2 GB. Real headers take about 130 bytes per tensor: 16 MiB is over 100,000
+#: tensors in one file, where checkpoints put a few thousand per shard.
+MAX_HEADER = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,10 @@ def read_header(path: Path) -> Header:
             if len(prefix) < 8:
                 raise _bad(path, "shorter than the 8-byte header length")
             (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > min(_MAX_HEADER, size - 8):
+            if header_len > size - 8:
                 raise _bad(path, f"declares a {header_len}-byte header in a {size}-byte file")
+            if header_len > MAX_HEADER:
+                raise _bad(path, f"declares a {header_len}-byte header (at most {MAX_HEADER})")
             raw = handle.read(header_len)
     except OSError as exc:
         raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from exc

@@ -466,6 +466,8 @@ def _signing_key(
                 False,
                 f"the bundle names another signing key (hint {hint}), not sha256:{key_fingerprint(trust.public_key)}",
             )
+        if "x509CertificateChain" in bundle.material:
+            _check_embedded_certificate(bundle, trust.public_key, result)
         return trust.public_key
     if "x509CertificateChain" not in bundle.material:
         result.add(
@@ -489,6 +491,28 @@ def _signing_key(
         return None
     result.add("certificate chain", True, detail)
     return key
+
+
+def _check_embedded_certificate(
+    bundle: _Bundle, key: ec.EllipticCurvePublicKey, result: VerificationResult
+) -> None:
+    """Verified with a key, a bundle that also carries a certificate: the certificate must parse
+    and hold that key. Its chain is not checked (no CA was given), which a note says."""
+    try:
+        raw = bundle.material["x509CertificateChain"]["certificates"][0]["rawBytes"]
+        leaf = x509.load_der_x509_certificate(_base64(raw, "a certificate"))
+        same = leaf.public_key() == key
+    except Exception as exc:  # malformed or hostile: a failed check, never a crash
+        result.add("embedded certificate", False, f"cannot be read: {first_line(exc)}")
+        return
+    if not same:
+        result.add("embedded certificate", False, "holds another key than the one trusted")
+        return
+    result.add("embedded certificate", True, "holds the trusted key")
+    result.notes.append(
+        "the embedded certificate's chain was not checked (verified with a key); "
+        "verify with --trust CA to check it"
+    )
 
 
 #: What the signer certificate must allow: S/MIME, RFC 9336 document signing, Microsoft and

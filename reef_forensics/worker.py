@@ -19,6 +19,9 @@ A failure tags ``reef.status=failed`` with ``reef.status.reason`` and goes back 
 backoff (a model whose files cannot be loaded fails at once, with no retry: it cannot get
 better). A victim or reference not fingerprinted yet is queued, and the job deferred (tag
 ``reef.status=waiting``; the attempt does not count).
+
+Steps 2 to 4 are `Screener` methods, which the Ray fleet (`reef_forensics.fleet`) takes too:
+both write the same tags and artifacts.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,42 @@ from .registry import (
 )
 
 _log = logging.getLogger(__name__)
+REGISTRY_DOWN = "the MLflow registry cannot be reached; the job waits for it"
+
+
+def registry_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says the tracking server could not
+    be reached at all: refused or reset connections, MLflow's own exhausted retries. A server
+    that answers, even with an error, is not unreachable."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError):  # refused, reset, aborted
+            return True
+        if type(current).__name__ in ("ConnectionError", "NewConnectionError", "MaxRetryError"):
+            return True  # requests' and urllib3's, without importing them
+        if "Max retries exceeded" in str(current) or "Connection refused" in str(current):
+            return True  # MLflow re-raises those as an MlflowException carrying the message
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def already_done(version: Any) -> bool:
+    """The idempotency rule: a version tagged ``reef.status=done`` with a fingerprint digest has
+    been fingerprinted and screened, and is left alone."""
+    return version.tags.get(TAG_STATUS) == "done" and bool(version.tags.get(TAG_FINGERPRINT_DIGEST))
+
+
+def is_suspect(version: Any) -> bool:
+    """Whether a version is screened: victims and references (tag ``reef.role``) are not."""
+    return version.tags.get(TAG_ROLE) not in ("victim", "reference")
+
+
+def screen_key(label: str) -> str:
+    """The tag ``reef.screen.NAME.vN`` for the victim ``models:/NAME/N`` (other labels: their
+    slashes made underscores)."""
+    return SCREEN_PREFIX + label.removeprefix("models:/").replace("/", ".v", 1).replace("/", "_")
 
 
 class JobDeferred(Exception):
@@ -69,16 +109,19 @@ class JobFailed(Exception):
 
 
 @dataclass
-class Worker:
+class Screener:
+    """The steps one model version goes through, whoever schedules it: fingerprint it, publish
+    the signed fingerprint, screen it against a victim, mark it done. The queue's `Worker` and
+    the Ray fleet (`reef_forensics.fleet`) both take these steps, so both write the same tags and
+    artifacts."""
+
     config: Config
-    queue: JobQueue
-    name: str = f"{socket.gethostname()}:{os.getpid()}"
 
     def __post_init__(self) -> None:
-        from .keys import load_signer, read_passphrase
+        from .keys import load_signer, permission_warnings, read_passphrase
         from .probes import load_probes
 
-        self.client = client(self.config.tracking_uri)
+        # the probes and the key first: a bad configuration fails before MLflow is touched
         self.probes = load_probes(self.config.probes)
         self.signer = (
             load_signer(
@@ -90,6 +133,130 @@ class Worker:
             if self.config.key is not None
             else None
         )
+        self.client = client(self.config.tracking_uri)
+        for warning in permission_warnings(self.config.key, self.config.passphrase_file):
+            _log.warning("reef-forensics: warning: %s", warning)
+
+    def _tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(name, version, key, value)
+
+    def _fingerprint(self, job: Job, work: Path) -> Any:
+        from .fingerprinting import fingerprint_model
+
+        try:
+            folder = materialize(
+                f"models:/{job.name}/{job.version}", work / "model", self.config.tracking_uri
+            )
+            return fingerprint_model(
+                folder, work / "fingerprint", probes=self.probes, signer=self.signer
+            )
+        except (ModelLoadError, BadInputError) as exc:
+            if registry_unreachable(exc):  # the download failed for an outage: handle() defers
+                raise
+            reason = first_line(exc).replace(  # the worker has no such option, by design
+                ", or pass --allow-pickle if you trust the file",
+                " (the worker never loads pickle files)",
+            )
+            raise JobFailed(f"the model cannot be fingerprinted: {reason}", retry=False) from None
+        except ReefError as exc:
+            raise JobFailed(first_line(exc), retry=True) from None
+
+    def _run_for(self, version: Any) -> str:
+        if version.run_id:
+            return str(version.run_id)
+        experiment = self.client.get_experiment_by_name("reef-forensics")
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else self.client.create_experiment("reef-forensics")
+        )
+        run = self.client.create_run(experiment_id, run_name=f"{version.name}-v{version.version}")
+        self.client.set_terminated(run.info.run_id)
+        return str(run.info.run_id)
+
+    def publish(self, job: Job, version: Any, fingerprint: Any) -> str:
+        """Log the signed fingerprint as artifacts of the version's run, under
+        ``reef/NAME/vVERSION/fingerprint``, and tag the version with its digests and that URI;
+        returns the run id."""
+        run_id = self._run_for(version)
+        artifact_path = f"reef/{job.name}/v{job.version}/fingerprint"
+        self.client.log_artifacts(run_id, str(fingerprint.path), artifact_path=artifact_path)
+        for key, value in (
+            (TAG_MODEL_DIGEST, fingerprint.model_digest),
+            (TAG_FINGERPRINT_DIGEST, fingerprint.digest),
+            (TAG_PROBES_DIGEST, fingerprint.probes_digest),
+            (TAG_FINGERPRINT_URI, f"runs:/{run_id}/{artifact_path}"),
+        ):
+            self._tag(job.name, job.version, key, value)
+        return run_id
+
+    def screen_pair(
+        self,
+        job: Job,
+        run_id: str,
+        label: str,
+        victim: Any,
+        suspect: Any,
+        references: list[Any],
+        work: Path,
+    ) -> dict[str, Any]:
+        """Check the suspect (the job's version) against one victim, calibrated on the
+        references that are neither of the two models; tag ``reef.screen.VICTIM.vN`` with the
+        verdict, and for `derived` or `inconclusive` log the signed findings (and the signed
+        report, given a certificate) under ``reef/NAME/vVERSION/screening/``. Returns the
+        findings as JSON."""
+        from .analysis import DecisionRule, check
+
+        rule = DecisionRule(**self.config.rule)
+        panel = [
+            r
+            for r in references
+            if r.model_digest not in (victim.model_digest, suspect.model_digest)
+        ]
+        findings = check(
+            victim,
+            suspect,
+            panel,
+            rule=rule,
+            skipped_positive_controls="not made during registry screening (run `check` with the victim model for them)",
+        )
+        record: dict[str, Any] = findings.as_json()
+        key = screen_key(label)
+        p = record["p_value"]
+        self._tag(
+            job.name,
+            job.version,
+            key[:250],
+            f"{record['verdict']} score={record['score']:.4f} p={f'{p:.2g}' if p is not None else 'n/a'} refs={record['panel_size']}",
+        )
+        if record["verdict"] == "unrelated":
+            return record
+        folder = work / "screening" / key.removeprefix(SCREEN_PREFIX)
+        findings.write(folder / "findings", signer=self.signer)
+        if self.signer is not None and self.signer.certificate is not None:
+            from .report import write_report
+
+            write_report(
+                folder / "findings", folder / "report.pdf", self.signer, victim=victim.path
+            )
+        self.client.log_artifacts(
+            run_id,
+            str(folder),
+            artifact_path=f"reef/{job.name}/v{job.version}/screening/{folder.name}",
+        )
+        return record
+
+    def finish(self, job: Job) -> None:
+        """``reef.status=done``, and no reason left from an earlier attempt."""
+        self._tag(job.name, job.version, TAG_STATUS, "done")
+        with contextlib.suppress(Exception):
+            self.client.delete_model_version_tag(job.name, job.version, TAG_REASON)
+
+
+@dataclass
+class Worker(Screener):
+    queue: JobQueue
+    name: str = f"{socket.gethostname()}:{os.getpid()}"
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -118,7 +285,8 @@ class Worker:
     def handle(self, job: Job) -> str:
         """Process one claimed job; returns its new state."""
         try:
-            self.process(job)
+            with self._lease_kept(job):
+                self.process(job)
         except JobDeferred as exc:
             self.queue.defer(job, max(1.0, self.config.backoff_seconds), str(exc))
             self._tag_status(job, "waiting", str(exc))
@@ -129,12 +297,41 @@ class Worker:
             _log.warning("reef-forensics: %s/%s %s: %s", job.name, job.version, state, exc)
             return state
         except Exception as exc:  # anything unforeseen: reported, retried, never fatal to the loop
+            if registry_unreachable(exc):  # an outage is not the job's fault: no attempt spent
+                self.queue.defer(job, max(1.0, self.config.backoff_seconds), REGISTRY_DOWN)
+                _log.warning(
+                    "reef-forensics: %s/%s waiting: %s", job.name, job.version, REGISTRY_DOWN
+                )
+                return "pending"
             reason = f"{type(exc).__name__}: {first_line(exc)}"
             state = self.queue.fail(job, reason, retry=True)
             self._tag_failed(job, reason, state)
             return state
         self.queue.complete(job)
         return "done"
+
+    @contextlib.contextmanager
+    def _lease_kept(self, job: Job) -> Iterator[None]:
+        """Renew the job's lease every third of its length while the block runs: a long job
+        (a large model) is not taken by a second worker, nor counted as a dead worker's."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.queue.lease_seconds / 3):
+                try:
+                    if not self.queue.renew(job, self.name):
+                        _log.warning("reef-forensics: %s/%s lease lost", job.name, job.version)
+                        return
+                except Exception as exc:  # the queue file is busy or gone: try again next beat
+                    _log.warning("reef-forensics: lease renewal failed: %s", first_line(exc))
+
+        heart = threading.Thread(target=beat, name=f"lease-{job.id}", daemon=True)
+        heart.start()
+        try:
+            yield
+        finally:
+            done.set()
+            heart.join()
 
     def _tag_failed(self, job: Job, reason: str, state: str) -> None:
         suffix = "" if state == "failed" else " (will be retried)"
@@ -148,72 +345,28 @@ class Worker:
         except Exception:  # the registry itself is down
             pass
 
-    def _tag(self, name: str, version: str, key: str, value: str) -> None:
-        self.client.set_model_version_tag(name, version, key, value)
-
     # --- one job ----------------------------------------------------------------------------------
 
     def process(self, job: Job) -> None:
         try:
             version = self.client.get_model_version(job.name, job.version)
         except Exception as exc:
+            if registry_unreachable(exc):
+                raise
             raise JobFailed(
                 f"cannot read the model version: {first_line(exc)}", retry=True
             ) from None
-        if version.tags.get(TAG_STATUS) == "done" and version.tags.get(TAG_FINGERPRINT_DIGEST):
+        if already_done(version):
             return  # already fingerprinted and screened: a repeated event
         self._tag(job.name, job.version, TAG_STATUS, "running")
         self.config.work_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="reef-job-", dir=self.config.work_dir) as scratch:
             work = Path(scratch)
             fingerprint = self._fingerprint(job, work)
-            run_id = self._run_for(version)
-            artifact_path = f"reef/{job.name}/v{job.version}/fingerprint"
-            self.client.log_artifacts(run_id, str(fingerprint.path), artifact_path=artifact_path)
-            for key, value in (
-                (TAG_MODEL_DIGEST, fingerprint.model_digest),
-                (TAG_FINGERPRINT_DIGEST, fingerprint.digest),
-                (TAG_PROBES_DIGEST, fingerprint.probes_digest),
-                (TAG_FINGERPRINT_URI, f"runs:/{run_id}/{artifact_path}"),
-            ):
-                self._tag(job.name, job.version, key, value)
-            if version.tags.get(TAG_ROLE) not in ("victim", "reference"):
-                self._screen(
-                    job, fingerprint, run_id, work
-                )  # victims and references are not suspects
-        self._tag(job.name, job.version, TAG_STATUS, "done")
-        with contextlib.suppress(Exception):
-            self.client.delete_model_version_tag(job.name, job.version, TAG_REASON)
-
-    def _fingerprint(self, job: Job, work: Path) -> Any:
-        from .fingerprinting import fingerprint_model
-
-        try:
-            folder = materialize(
-                f"models:/{job.name}/{job.version}", work / "model", self.config.tracking_uri
-            )
-            return fingerprint_model(
-                folder, work / "fingerprint", probes=self.probes, signer=self.signer
-            )
-        except (ModelLoadError, BadInputError) as exc:
-            raise JobFailed(
-                f"the model cannot be fingerprinted: {first_line(exc)}", retry=False
-            ) from None
-        except ReefError as exc:
-            raise JobFailed(first_line(exc), retry=True) from None
-
-    def _run_for(self, version: Any) -> str:
-        if version.run_id:
-            return str(version.run_id)
-        experiment = self.client.get_experiment_by_name("reef-forensics")
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else self.client.create_experiment("reef-forensics")
-        )
-        run = self.client.create_run(experiment_id, run_name=f"{version.name}-v{version.version}")
-        self.client.set_terminated(run.info.run_id)
-        return str(run.info.run_id)
+            run_id = self.publish(job, version, fingerprint)
+            if is_suspect(version):  # victims and references are not suspects
+                self._screen(job, fingerprint, run_id, work)
+        self.finish(job)
 
     # --- screening ----------------------------------------------------------------------------------
 
@@ -249,8 +402,6 @@ class Worker:
         return found
 
     def _screen(self, job: Job, suspect: Any, run_id: str, work: Path) -> None:
-        from .analysis import DecisionRule, check
-
         victims = self._fingerprints(
             list(self.config.victims),
             versions_with_role(self.client, "victim"),
@@ -267,44 +418,5 @@ class Worker:
             "reference",
             job,
         )
-        rule = DecisionRule(**self.config.rule)
-        suspect_model = suspect.model_digest
         for label, victim in victims:
-            panel = [
-                r
-                for _, r in references
-                if r.model_digest not in (victim.model_digest, suspect_model)
-            ]
-            findings = check(
-                victim,
-                suspect,
-                panel,
-                rule=rule,
-                skipped_positive_controls="not made during registry screening (run `check` with the victim model for them)",
-            )
-            record = findings.as_json()
-            key = SCREEN_PREFIX + label.removeprefix("models:/").replace("/", ".v", 1).replace(
-                "/", "_"
-            )
-            p = record["p_value"]
-            self._tag(
-                job.name,
-                job.version,
-                key[:250],
-                f"{record['verdict']} score={record['score']:.4f} p={f'{p:.2g}' if p is not None else 'n/a'} refs={record['panel_size']}",
-            )
-            if record["verdict"] == "unrelated":
-                continue
-            folder = work / "screening" / key.removeprefix(SCREEN_PREFIX)
-            findings.write(folder / "findings", signer=self.signer)
-            if self.signer is not None and self.signer.certificate is not None:
-                from .report import write_report
-
-                write_report(
-                    folder / "findings", folder / "report.pdf", self.signer, victim=victim.path
-                )
-            self.client.log_artifacts(
-                run_id,
-                str(folder),
-                artifact_path=f"reef/{job.name}/v{job.version}/screening/{folder.name}",
-            )
+            self.screen_pair(job, run_id, label, victim, suspect, [r for _, r in references], work)

@@ -37,6 +37,79 @@ def test_a_lease_that_runs_out_hands_the_job_to_another_worker(tmp_path: Path) -
     assert queue.claim("c", now=1e10 + 100) is None
 
 
+def test_a_job_that_keeps_killing_its_workers_fails_instead_of_looping(tmp_path: Path) -> None:
+    queue = JobQueue(tmp_path / "q.sqlite", lease_seconds=10, max_attempts=3)
+    queue.enqueue("poison", 1)
+    queue.enqueue("fine", 1)
+    moment = 1e10
+    for attempt in (1, 2, 3):  # each worker takes the oldest job first and dies on it
+        job = queue.claim(f"w{attempt}", now=moment)
+        assert job is not None and (job.name, job.attempts) == ("poison", attempt)
+        moment += 11
+    after = queue.claim("w4", now=moment)  # the lease of the third ran out: the queue moves on
+    assert after is not None and after.name == "fine"
+    (poison,) = [j for j in queue.jobs() if j.name == "poison"]
+    assert poison.state == "failed" and poison.last_error is not None
+    assert "stopped during each of 3 attempts" in poison.last_error
+
+
+def test_a_renewed_lease_keeps_the_job_and_a_lost_one_says_so(tmp_path: Path) -> None:
+    queue = JobQueue(tmp_path / "q.sqlite", lease_seconds=10)
+    queue.enqueue("m", 1)
+    job = queue.claim("a", now=1e10)
+    assert job is not None
+    assert queue.renew(job, "a", now=1e10 + 8)  # still working at 8 s: held until 18 s
+    assert queue.claim("b", now=1e10 + 15) is None
+    assert not queue.renew(job, "b", now=1e10 + 15)  # only the holder renews
+    assert queue.claim("b", now=1e10 + 19) is not None  # a stopped renewing: b takes it
+    assert not queue.renew(job, "a", now=1e10 + 20)  # a hears that it lost the job
+
+
+def test_a_worker_keeps_its_lease_through_a_job_longer_than_the_lease(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from reef_forensics.config import Config
+    from reef_forensics.worker import Worker
+
+    config = Config(tracking_uri="http://127.0.0.1:9", queue=tmp_path / "q.sqlite")
+    queue = JobQueue(config.queue, lease_seconds=0.6)
+    queue.enqueue("slow", 1)
+    stolen: list[object] = []
+
+    class SlowWorker(Worker):
+        def process(self, job):  # type: ignore[no-untyped-def]
+            for _ in range(10):  # 2 s of work, more than three leases
+                time.sleep(0.2)
+                stolen.append(queue.claim("thief"))
+
+    worker = SlowWorker(config, queue, name="holder")
+    job = queue.claim("holder")
+    assert job is not None
+    thread = threading.Thread(target=worker.handle, args=(job,))
+    thread.start()
+    thread.join()
+    assert stolen == [None] * 10
+    (done,) = queue.jobs()
+    assert done.state == "done" and done.attempts == 1
+
+
+def test_delivery_ids_are_kept_for_the_replay_window_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    queue = JobQueue(tmp_path / "q.sqlite")
+    clock = [1e9]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    assert queue.seen_delivery("old", forget_after=600) is False
+    clock[0] += 500
+    assert queue.seen_delivery("old", forget_after=600) is True  # inside the window: a replay
+    clock[0] += 200  # 700 s after the first: forgotten (its timestamp is refused by now)
+    assert queue.seen_delivery("new", forget_after=600) is False
+    assert queue.seen_delivery("old", forget_after=600) is False
+
+
 def test_failures_back_off_then_stop(tmp_path: Path) -> None:
     queue = JobQueue(tmp_path / "q.sqlite", max_attempts=3, backoff_seconds=100)
     queue.enqueue("m", 1)

@@ -46,9 +46,13 @@ def wait_for(condition: Callable[[], Any], seconds: float, what: str) -> Any:
     raise AssertionError(f"not within {seconds} s: {what}")
 
 
-def start_server(root: Path, *, plugin: bool, env: dict[str, str]) -> Iterator[str]:
+def start_server(
+    root: Path, *, plugin: bool, env: dict[str, str], port: int | None = None
+) -> Iterator[str]:
+    """A server on 127.0.0.1 (a free port unless ``port``); stopped when the generator closes.
+    Its log is appended to ``root/server.log``, so a restart on the same root keeps the first."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     db = f"sqlite:///{root / 'mlflow.db'}"
     command = [
         MLFLOW, "server", "--backend-store-uri", db,
@@ -56,7 +60,7 @@ def start_server(root: Path, *, plugin: bool, env: dict[str, str]) -> Iterator[s
         "--default-artifact-root", str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    log = (root / "server.log").open("w")
+    log = (root / "server.log").open("a")
     process = subprocess.Popen(
         command,
         stdout=log,

@@ -127,6 +127,11 @@ def test_non_utf8_file_and_missing_file_and_unknown_builtin(tmp_path: Path) -> N
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1") * 20)
     with pytest.raises(ProbeSetError, match="not UTF-8"):
         load_probes(tmp_path / "latin1.txt")
+    (tmp_path / "utf16.txt").write_bytes(
+        "What is the capital of France?\n".encode("utf-16-le") * 20
+    )
+    with pytest.raises(ProbeSetError, match="holds NUL bytes"):
+        load_probes(tmp_path / "utf16.txt")
     with pytest.raises(ProbeSetError, match="not found"):
         load_probes(tmp_path / "missing.txt")
     with pytest.raises(ProbeSetError, match="unknown built-in probe set 'nope'"):

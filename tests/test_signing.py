@@ -217,6 +217,29 @@ def test_certificate_mode_chains_to_the_trusted_ca(
     assert "verify with --key" in next(c.detail for c in bare.checks if not c.ok)
 
 
+def test_a_certificate_verified_with_a_key_must_hold_that_key(
+    signed: Path, keys, other_keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import base64
+
+    target = copy(signed, tmp_path)
+    sign_directory(
+        target,
+        load_signer(keys.private_key, passphrase=PASSPHRASE, certificate=keys.signer_certificate),
+    )
+    result = verify_evidence(target, trust_key(keys))
+    assert result.valid and any("chain was not checked" in n for n in result.notes)
+    bundle = json.loads((target / SIGNATURE_NAME).read_bytes())
+    other = load_certificates(other_keys.signer_certificate)[0]
+    bundle["verificationMaterial"]["x509CertificateChain"]["certificates"][0]["rawBytes"] = (
+        base64.b64encode(other.public_bytes(serialization.Encoding.DER)).decode()
+    )
+    (target / SIGNATURE_NAME).write_bytes(json.dumps(bundle, separators=(",", ":")).encode())
+    swapped = verify_evidence(target, trust_key(keys))
+    assert not swapped.valid
+    assert failed(swapped) == {"embedded certificate": "holds another key than the one trusted"}
+
+
 def failed(result) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return {c.name: c.detail for c in result.checks if not c.ok}
 
