@@ -35,6 +35,7 @@ def burst(url: str, source: object, versions: int, threads: int) -> dict[str, fl
 
     client = MlflowClient(url, url)
     client.create_registered_model("load")
+    model_id = source.model_id or source.source.removeprefix("models:/")  # type: ignore[attr-defined]
 
     def one(_: int) -> float:
         started = time.perf_counter()
@@ -42,7 +43,7 @@ def burst(url: str, source: object, versions: int, threads: int) -> dict[str, fl
             "load",
             source.source,
             source.run_id,
-            model_id=source.model_id,  # type: ignore[attr-defined]
+            model_id=model_id,
         )
         return time.perf_counter() - started
 

@@ -151,14 +151,18 @@ def mutated_json(draw: st.DrawFn, original: Any) -> bytes:
         parent = value
         for key in path[:-1]:
             parent = parent[key]
-        key = path[-1]
-        if operation == "delete":
-            del parent[key]
-        elif operation == "retype":
-            parent[key] = retyped(parent[key])
-        else:
-            parent[key] = draw(hostile_values if operation == "hostile" else json_values)
+        mutate(draw, parent, path[-1], operation)
     return serialize(value, draw(forms))
+
+
+def mutate(draw: st.DrawFn, parent: Any, key: Any, operation: str) -> None:
+    """Delete, retype or replace (random or hostile JSON) ``parent[key]`` in place."""
+    if operation == "delete":
+        del parent[key]
+    elif operation == "retype":
+        parent[key] = retyped(parent[key])
+    else:
+        parent[key] = draw(hostile_values if operation == "hostile" else json_values)
 
 
 @st.composite
@@ -172,13 +176,7 @@ def mutated_fields(draw: st.DrawFn, original: dict[str, Any]) -> bytes:
     if nested and draw(st.booleans()):
         parent = value[draw(st.sampled_from(nested))]
     key = draw(st.sampled_from(sorted(parent)))
-    operation = draw(st.sampled_from(["replace", "hostile", "delete", "retype"]))
-    if operation == "delete":
-        del parent[key]
-    elif operation == "retype":
-        parent[key] = retyped(parent[key])
-    else:
-        parent[key] = draw(hostile_values if operation == "hostile" else json_values)
+    mutate(draw, parent, key, draw(st.sampled_from(["replace", "hostile", "delete", "retype"])))
     return serialize(value, "canonical")
 
 

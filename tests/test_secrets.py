@@ -48,6 +48,14 @@ def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
+def passphrase_file(folder: Path) -> Path:
+    """The test passphrase in a file only its owner can read."""
+    path = folder / "passphrase.txt"
+    path.write_text(SECRET_PASSPHRASE + "\n")
+    path.chmod(0o600)
+    return path
+
+
 def test_no_command_shows_the_passphrase_or_the_key(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -56,9 +64,7 @@ def test_no_command_shows_the_passphrase_or_the_key(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    secret_file = tmp_path / "passphrase.txt"
-    secret_file.write_text(SECRET_PASSPHRASE + "\n")
-    secret_file.chmod(0o600)
+    secret_file = passphrase_file(tmp_path)
     outputs = []
     code, text = run(capsys, "keys", "generate", "--out", tmp_path / "keys", "--passphrase-file", secret_file, "--json", "-")  # fmt: skip
     outputs.append(text)
@@ -92,9 +98,7 @@ def test_readable_key_and_passphrase_files_are_warned_about(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     keys = generate_keys(tmp_path / "keys", SECRET_PASSPHRASE.encode())
-    secret_file = tmp_path / "passphrase.txt"
-    secret_file.write_text(SECRET_PASSPHRASE + "\n")
-    secret_file.chmod(0o600)
+    secret_file = passphrase_file(tmp_path)
     target = tmp_path / "fp"
     shutil.copytree(fingerprints["victim"], target)
     args = ["sign", target, "--key", keys.private_key, "--passphrase-file", secret_file]
