@@ -871,10 +871,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise BadInputError(
             f"no webhook secret: set {config.webhook_secret_env} to the secret given to MLflow's webhook"
         )
+    made = (
+        [] if config.queue.exists() else [Path(f"{config.queue}{s}") for s in ("", "-wal", "-shm")]
+    )
     queue = config.open_queue()
     try:
         server = make_server(args.host, args.port, queue, secret, config.webhook_max_age)
     except OSError as exc:  # the port is taken, the address is not this machine's, ...
+        for path in made:  # a queue made just now is not left behind
+            path.unlink(missing_ok=True)
         raise BadInputError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
         ) from None

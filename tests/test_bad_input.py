@@ -556,3 +556,19 @@ def test_the_matrix_covers_every_command() -> None:
     covered = {name.split("/")[0] for name in CASES}
     assert set(commands) - set(NOT_COVERED) <= covered
     assert len(CASES) >= 30
+
+
+def test_serve_on_a_busy_port_leaves_no_new_queue_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REEF_WEBHOOK_SECRET", "s3cret")
+    config = tmp_path / "reef.toml"
+    config.write_text('queue = "fresh/queue.sqlite"\n')
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["serve", "--config", str(config), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot listen on 127.0.0.1:" in err
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == []
