@@ -39,8 +39,8 @@ from .config import Config
 from .errors import BadInputError, ReefError, first_line
 from .jobqueue import Job
 from .registry import (
-    TAG_REASON,
     TAG_STATUS,
+    client,
     fingerprint_of,
     parse_models_uri,
     versions_with_role,
@@ -197,10 +197,9 @@ def _plan(driver: Screener, config: Config, uris: Sequence[str] | None) -> _Plan
         for entry in configured:
             if entry.startswith("models:/"):
                 versions.setdefault(entry, _version(registry, entry))
-                labels.append(entry)
             else:
                 local.setdefault(entry, _read_local(Path(entry)))
-                labels.append(entry)
+            labels.append(entry)
         for version in versions_with_role(registry, tag):
             versions.setdefault(_uri(version), version)
             labels.append(_uri(version))
@@ -342,18 +341,8 @@ def _collect(
         if label not in result.failed:
             driver.finish(_job(label))
     for label, reason in result.failed.items():
-        _tag_failed(driver, label, reason)
+        driver._tag_status(_job(label), "failed", reason)  # as the worker tags a spent job
     return result
-
-
-def _tag_failed(driver: Screener, label: str, reason: str) -> None:
-    """``reef.status=failed`` and its reason, best effort, as the worker tags a spent job."""
-    job = _job(label)
-    try:
-        driver.client.set_model_version_tag(job.name, job.version, TAG_STATUS, "failed")
-        driver.client.set_model_version_tag(job.name, job.version, TAG_REASON, reason[:4000])
-    except Exception:  # the registry itself is down: the result still names the failure
-        pass
 
 
 def _job(label: str) -> Job:
@@ -420,7 +409,7 @@ def _fingerprint_task(
     try:
         screener = Screener(config)
         version = screener.client.get_model_version(job.name, job.version)
-        screener.client.set_model_version_tag(job.name, job.version, TAG_STATUS, "running")
+        screener._tag(job.name, job.version, TAG_STATUS, "running")
         config.work_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="reef-fleet-", dir=config.work_dir) as scratch:
             extracting = time.perf_counter()
@@ -446,7 +435,7 @@ def _download_task(config: Config, label: str) -> tuple[dict[str, Any], dict[str
     error = None
     files: Files = {}
     try:
-        registry = Screener(config).client
+        registry = client(config.tracking_uri)  # no key or probes needed to download
         version = registry.get_model_version(job.name, job.version)
         with tempfile.TemporaryDirectory(prefix="reef-fleet-") as scratch:
             path = fingerprint_of(version, Path(scratch), registry)

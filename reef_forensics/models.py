@@ -38,6 +38,9 @@ from .safetensors_file import read_header
 if TYPE_CHECKING:
     import torch
 
+#: How a refusal of pickle weights ends, for the CLI; the worker, which has no such option,
+#: replaces it.
+ALLOW_PICKLE_HINT = ", or pass --allow-pickle if you trust the file"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 #: Tokenizer files transformers reads from a model's folder (for a GGUF file too: a
 #: tokenizer.json beside it takes precedence over the tokenizer inside it).
@@ -107,6 +110,7 @@ class ModelSource:
     weight_files: tuple[Path, ...]
     uses_pickle: bool = False
     config: dict[str, Any] = field(default_factory=dict)
+    gguf_add_bos: bool = False  # a GGUF file's tokenizer.ggml.add_bos_token, from its header
 
     @property
     def name(self) -> str:
@@ -195,7 +199,7 @@ def resolve_model(
         names = ", ".join(p.name for p in pickles)
         raise ModelLoadError(
             f"{model_path} holds only pickle weights ({names}), which can run code when loaded: "
-            "convert them to safetensors, or pass --allow-pickle if you trust the file"
+            f"convert them to safetensors{ALLOW_PICKLE_HINT}"
         )
     return ModelSource(model_path, "hf-directory", tuple(pickles), True, config)
 
@@ -205,10 +209,11 @@ def _gguf_source(path: Path) -> ModelSource:
         if handle.read(4) != b"GGUF":
             raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes)")
     try:
-        read_gguf_header(path)  # gguf's own reader trusts every count and offset it reads
+        header = read_gguf_header(path)  # gguf's own reader trusts every count and offset
     except BadInputError as exc:
         raise ModelLoadError(str(exc)) from None
-    return ModelSource(path, "gguf", (path,))
+    add_bos = bool(header.scalars.get("tokenizer.ggml.add_bos_token", False))
+    return ModelSource(path, "gguf", (path,), gguf_add_bos=add_bos)
 
 
 def _read_config(config_path: Path) -> dict[str, Any]:
@@ -343,7 +348,7 @@ def load_model(
     # the scratch folder lives as long as the model (or until LoadedModel.close)
     cleanup = weakref.finalize(model, shutil.rmtree, scratch, True) if scratch else None
     if source.kind == "gguf":
-        _apply_gguf_bos(source.path, tokenizer)
+        _apply_gguf_bos(source, tokenizer)
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
         raise ModelLoadError(
@@ -554,16 +559,16 @@ def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
     return reason or first_line(exc)
 
 
-def _apply_gguf_bos(path: Path, tokenizer: Any) -> None:
+def _apply_gguf_bos(source: ModelSource, tokenizer: Any) -> None:
     """Honour ``tokenizer.ggml.add_bos_token``, which transformers' GGUF tokenizer ignores.
 
     llama.cpp prepends BOS when the file says so; without it every representation of a decoder
-    shifts, and a GGUF copy of a model would look less like its original than it is.
+    shifts, and a GGUF copy of a model would look less like its original than it is. The flag
+    comes from the header checked when the source was resolved, not gguf's reader: that one
+    builds a numpy view of every element of every metadata array (about 700 bytes each: 500 MB
+    for a 262k-token vocabulary).
     """
-    # the checked header, not gguf's reader: that one builds a numpy view of every element of
-    # every metadata array (about 700 bytes each: 500 MB for a 262k-token vocabulary)
-    wants_bos = bool(read_gguf_header(path).scalars.get("tokenizer.ggml.add_bos_token", False))
-    if wants_bos and tokenizer.bos_token is not None and not tokenizer.add_bos_token:
+    if source.gguf_add_bos and tokenizer.bos_token is not None and not tokenizer.add_bos_token:
         tokenizer.add_bos_token = True
 
 

@@ -41,6 +41,7 @@ from typing import Any
 from .config import Config
 from .errors import BadInputError, ModelLoadError, ReefError, first_line
 from .jobqueue import Job, JobQueue
+from .models import ALLOW_PICKLE_HINT
 from .registry import (
     SCREEN_PREFIX,
     TAG_FINGERPRINT_DIGEST,
@@ -140,6 +141,15 @@ class Screener:
     def _tag(self, name: str, version: str, key: str, value: str) -> None:
         self.client.set_model_version_tag(name, version, key, value)
 
+    def _tag_status(self, job: Job, status: str, reason: str) -> None:
+        """``reef.status`` and its reason, best effort: the queue (or the fleet's result) holds
+        the record either way."""
+        try:
+            self._tag(job.name, job.version, TAG_STATUS, status)
+            self._tag(job.name, job.version, TAG_REASON, reason[:4000])
+        except Exception:  # the registry itself is down
+            pass
+
     def _fingerprint(self, job: Job, work: Path) -> Any:
         from .fingerprinting import fingerprint_model
 
@@ -153,9 +163,9 @@ class Screener:
         except (ModelLoadError, BadInputError) as exc:
             if registry_unreachable(exc):  # the download failed for an outage: handle() defers
                 raise
-            reason = first_line(exc).replace(  # the worker has no such option, by design
-                ", or pass --allow-pickle if you trust the file",
-                " (the worker never loads pickle files)",
+            # the worker has no --allow-pickle, by design
+            reason = first_line(exc).replace(
+                ALLOW_PICKLE_HINT, " (the worker never loads pickle files)"
             )
             raise JobFailed(f"the model cannot be fingerprinted: {reason}", retry=False) from None
         except ReefError as exc:
@@ -336,14 +346,6 @@ class Worker(Screener):
     def _tag_failed(self, job: Job, reason: str, state: str) -> None:
         suffix = "" if state == "failed" else " (will be retried)"
         self._tag_status(job, "failed", reason + suffix)
-
-    def _tag_status(self, job: Job, status: str, reason: str) -> None:
-        """``reef.status`` and its reason, best effort: the queue holds the record either way."""
-        try:
-            self._tag(job.name, job.version, TAG_STATUS, status)
-            self._tag(job.name, job.version, TAG_REASON, reason[:4000])
-        except Exception:  # the registry itself is down
-            pass
 
     # --- one job ----------------------------------------------------------------------------------
 

@@ -254,3 +254,18 @@ def test_a_gguf_model_dequantizes_to_a_plain_safetensors_folder(
     assert sum(p.numel() for p in plain.parameters()) == sum(
         p.numel() for p in original.parameters()
     )
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_a_gguf_files_add_bos_flag_reaches_the_tokenizer(
+    zoo: dict[str, Path], tmp_path: Path, add_bos: bool
+) -> None:
+    """llama.cpp prepends BOS when the header says so; transformers' GGUF tokenizer ignores the
+    flag, so loading applies it from the header checked at resolution."""
+    from .gguf_export import export_llama_gguf
+
+    (tmp_path / "g").mkdir()
+    gguf = export_llama_gguf(zoo["victim"], tmp_path / "g" / "m.gguf", add_bos=add_bos)
+    loaded = load_model(resolve_model(gguf))
+    ids = loaded.tokenizer("hello world")["input_ids"]
+    assert (ids[0] == loaded.tokenizer.bos_token_id) is add_bos
