@@ -21,7 +21,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from reef_forensics.files import parse_json
+from reef_forensics.files import lone_surrogate, parse_json
 from reef_forensics.jobqueue import JobQueue
 
 MAX_BODY = 1 << 20
@@ -85,13 +85,7 @@ def handle_delivery(
 
 def _is_text(value: Any) -> bool:
     """A string the queue can store: JSON's ``"\\ud800"`` (a lone surrogate) is no text."""
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return isinstance(value, str) and lone_surrogate(value) is None
 
 
 def content_length(value: str | None) -> int | None:

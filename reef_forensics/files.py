@@ -43,6 +43,16 @@ def parse_json(raw: str | bytes) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
+def lone_surrogate(text: str) -> int | None:
+    """Where ``text`` holds a lone surrogate (JSON's ``"\\ud800"`` parses to one), or None: such
+    a string is not Unicode, cannot be encoded, stored as text or digested."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return int(exc.start)
+    return None
+
+
 def split_lines(text: str) -> list[str]:
     """Split on ``\\n`` only (dropping a ``\\r`` before it), unlike `str.splitlines`, which also
     splits on U+2028, U+0085 and other characters that JSON and CSV leave inside a value."""

@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 
 from .digests import canonical_json, sha256_bytes, sha256_file, texts_digest
 from .errors import FingerprintError
-from .files import parse_json, split_lines
+from .files import lone_surrogate, parse_json, split_lines
 from .probes import MIN_PROBES
 from .safetensors_file import Header, StreamWriter, read_header, read_tensor
 
@@ -274,10 +274,10 @@ def _read_texts(path: Path) -> list[str]:
     for number, line in enumerate(lines, start=1):
         try:
             row = parse_json(line)
-            if not isinstance(row["text"], str):
-                raise TypeError
-            row["text"].encode("utf-8")  # JSON's "\ud800", a lone surrogate, is no text
-            texts.append(row["text"])
+            text = row["text"]
+            if not isinstance(text, str) or lone_surrogate(text) is not None:
+                raise TypeError  # JSON's "\ud800", a lone surrogate, is no text
+            texts.append(text)
         except (ValueError, KeyError, TypeError):
             raise FingerprintError(f'{path}:{number}: not a {{"text": ...}} line') from None
     return texts

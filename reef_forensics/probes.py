@@ -27,7 +27,7 @@ from typing import Any
 
 from .digests import texts_digest
 from .errors import ProbeSetError, first_line
-from .files import parse_json, split_lines
+from .files import lone_surrogate, parse_json, split_lines
 
 #: The fewest texts a probe set may hold: CKA over fewer samples means little.
 MIN_PROBES = 10
@@ -201,10 +201,9 @@ def _check_text(value: Any, where: str) -> str:
         raise ProbeSetError(f"{where}: the text must be a string, got {type(value).__name__}")
     if not value.strip():
         raise ProbeSetError(f"{where}: empty text")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:  # JSON's "\ud800": the digest of such a text is undefined
+    at = lone_surrogate(value)  # the digest of such a text is undefined
+    if at is not None:
         raise ProbeSetError(
-            f"{where}: the text holds a lone surrogate (U+{ord(value[exc.start]):04X}), not Unicode"
-        ) from None
+            f"{where}: the text holds a lone surrogate (U+{ord(value[at]):04X}), not Unicode"
+        )
     return value
