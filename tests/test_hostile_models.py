@@ -445,6 +445,8 @@ def test_a_hostile_gguf_header_is_refused_in_one_line_within_bounded_memory(
     out = tmp_path / "out"
     code, peak = traced_peak(lambda: main(["fingerprint", str(hostile), "--out", str(out)]))
     err = capsys.readouterr().err
+    with capsys.disabled():  # the figure docs/SECURITY.md quotes (`pytest -s`)
+        print(f"hostile gguf {how}: refused, traced peak {peak / 2**20:.2f} MiB")
     assert code == 2, err
     assert peak < MEMORY_BOUND, f"{peak / 2**20:.0f} MiB"
     line = one_error_line(err)
@@ -484,6 +486,10 @@ def test_a_gguf_array_bomb_does_not_grow_a_real_process(
         ["fingerprint", str(dud), "--out", str(out)], tmp_path
     )
     code, err, rss = child_peak_rss(["fingerprint", str(bomb), "--out", str(out)], tmp_path)
+    print(
+        f"hostile gguf array bomb, real process: peak RSS {rss / 2**20:.0f} MiB, "
+        f"{base_rss / 2**20:.0f} MiB for a file refused at its magic bytes"
+    )
     assert (base_code, code) == (2, 2), base_err + err
     assert f"declares {BOMB_ITEMS} items" in one_error_line(err)
     assert rss - base_rss < MEMORY_BOUND, f"{(rss - base_rss) / 2**20:.0f} MiB more"
