@@ -5,7 +5,8 @@
 MODEL_DIR defaults to the dequantized SmolLM2-135M-Instruct that bench/bench_extraction.py and
 bench/accuracy.py write under bench/output/models/. Prints the next-token loss and perplexity
 on the first 60 built-in probe texts, unpruned and with 30% and 50% of every block weight
-matrix zeroed by magnitude and by Wanda (the same pruning as the benchmark's derived suspects).
+matrix zeroed by magnitude and by Wanda, and with 5% Gaussian weight noise then 40% magnitude
+pruning (the same changes as the benchmark's derived suspects).
 """
 
 from __future__ import annotations
@@ -39,10 +40,17 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     texts = list(load_probes().texts[:60])
     sys.path.insert(0, str(Path(__file__).parent))
-    from accuracy import wanda_prune
+    from accuracy import noisy_pruning, wanda_prune
 
     all_texts = list(load_probes().texts)
-    runs = (("none", 0.0), ("magnitude", 0.3), ("magnitude", 0.5), ("Wanda", 0.3), ("Wanda", 0.5))
+    runs = (
+        ("none", 0.0),
+        ("magnitude", 0.3),
+        ("magnitude", 0.5),
+        ("Wanda", 0.3),
+        ("Wanda", 0.5),
+        ("noise 5% + magnitude", 0.4),
+    )
     for method, fraction in runs:
         model = AutoModelForCausalLM.from_pretrained(folder).eval()
         if method == "magnitude":
@@ -55,6 +63,8 @@ def main() -> None:
         elif method == "Wanda":
             base = SimpleNamespace(model=model.model, tokenizer=tokenizer)
             wanda_prune(fraction, all_texts)(base, 1)  # type: ignore[arg-type]
+        elif method.startswith("noise"):  # the blocks and the (tied) embeddings, as in accuracy.py
+            noisy_pruning(fraction, 0.05)(SimpleNamespace(model=model.model), 1)  # type: ignore[arg-type]
         loss = mean_loss(model, tokenizer, texts)
         print(f"{method} pruning {fraction:.0%}: loss {loss:.2f}, perplexity {math.exp(loss):.1f}")
 

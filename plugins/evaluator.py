@@ -99,6 +99,11 @@ class ReefEvaluator(ModelEvaluator):
         metrics = {"reef_score": record["score"]}
         if record["p_value"] is not None:
             metrics["reef_p_value"] = record["p_value"]
+        if record.get("log10_p_value") is not None:  # p-values below a double's range
+            metrics["reef_log10_p_value"] = record["log10_p_value"]
+        units = record.get("units_test") or {}
+        if units.get("ran"):
+            metrics["reef_units_log10_p_value"] = units["log10_p_value"]
         for name, value in metrics.items():
             if value is not None:
                 client.log_metric(run_id, name, value)

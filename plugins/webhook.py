@@ -6,16 +6,30 @@ webhook's secret, and sends ``X-MLflow-Delivery-Id`` and ``X-MLflow-Timestamp``.
 accepted only when the signature matches (else 401), the timestamp is within ``max_age`` seconds
 of now (else 401: a stale or future delivery), and the delivery id was not seen before (a
 replay is answered 200 and queues nothing). Other events are acknowledged and ignored.
+
+The HTTP side bounds what one client can hold: each request (request line, headers and body
+together) has ``request_timeout`` seconds, and each read ``read_timeout`` (a client trickling a
+byte at a time is dropped at the deadline, not when it stops); at most ``max_handlers``
+connections are handled at once, and one more is answered 503 at once, without a thread. A
+client that hangs up is a line in the log, never a traceback. ``GET`` (any path) answers
+``{"status": "ok"}`` and nothing else: the queue's counts are not told to callers who have not
+authenticated (the queue file holds them, for whoever may read it).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import io
 import json
 import logging
+import os
 import re
+import socket
+import sys
+import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -109,13 +123,25 @@ def make_server(
     max_age: float,
     *,
     read_timeout: float = 30.0,
+    request_timeout: float = 60.0,
+    max_handlers: int = 32,
 ) -> ThreadingHTTPServer:
-    """The receiver. A client that sends less body than it announced is dropped after
-    ``read_timeout`` seconds of silence, not waited for forever."""
+    """The receiver. A client that goes silent for ``read_timeout`` seconds, or whose request is
+    not complete ``request_timeout`` seconds after it connected, is dropped without an answer;
+    beyond ``max_handlers`` connections at once, a new one is answered 503."""
+    if not (read_timeout > 0 and request_timeout > 0 and max_handlers >= 1):
+        raise ValueError("the timeouts must be positive and max_handlers at least 1")
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "reef-forensics-webhook"
-        timeout = read_timeout  # on each connection's socket (socketserver.StreamRequestHandler)
+        timeout = min(read_timeout, request_timeout)  # until setup() hands reads to the deadline
+
+        def setup(self) -> None:
+            super().setup()
+            self.rfile.close()  # StreamRequestHandler's socket file: reads go through the deadline
+            self.rfile = io.BufferedReader(
+                _DeadlineReader(self.connection, time.monotonic() + request_timeout, read_timeout)
+            )
 
         def do_POST(self) -> None:
             length = content_length(self.headers.get("Content-Length"))
@@ -126,12 +152,20 @@ def make_server(
             if length > MAX_BODY:
                 self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "too large"})
                 return
-            body = self.rfile.read(length)
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError as exc:  # silent too long, or past the request's deadline
+                self.log_message("dropped: %s", exc)
+                self.close_connection = True
+                return
+            if len(body) < length:  # the client hung up before sending all it announced
+                self.close_connection = True
+                return
             status, answer = handle_delivery(queue, secret, self.headers, body, max_age=max_age)
             self._answer(status, answer)
 
         def do_GET(self) -> None:
-            self._answer(HTTPStatus.OK, {"status": "ok", "jobs": queue.counts()})
+            self._answer(HTTPStatus.OK, {"status": "ok"})  # no counts for unauthenticated callers
 
         def _answer(self, status: int, answer: dict[str, Any]) -> None:
             data = json.dumps(answer).encode()
@@ -144,4 +178,85 @@ def make_server(
         def log_message(self, format: str, *args: Any) -> None:
             _log.info("%s %s", self.address_string(), format % args)
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return _Server((host, port), Handler, max_handlers)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's bytes, each read waiting at most ``read_timeout`` seconds and none going
+    past ``deadline`` (``time.monotonic``): TimeoutError then. A socket timeout alone bounds each
+    read, so a client sending a byte every few seconds could hold a thread for ever."""
+
+    def __init__(self, connection: socket.socket, deadline: float, read_timeout: float) -> None:
+        super().__init__()
+        self._connection = connection
+        self._deadline = deadline
+        self._read_timeout = read_timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request was not complete by its deadline")
+        self._connection.settimeout(min(self._read_timeout, left))
+        return self._connection.recv_into(buffer)
+
+
+_BUSY_BODY = json.dumps({"error": "busy: too many connections, retry later"}).encode()
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 5\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+class _Server(ThreadingHTTPServer):
+    """One thread per connection, at most ``max_handlers`` at once; client hang-ups logged,
+    not printed as tracebacks."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, max_handlers: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_handlers)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            _log.info("%s refused: %s", client_address[0], "busy")
+            _refuse(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # a hang-up, a reset, a timeout: the client's doing
+            _log.info("%s connection ended: %s", client_address[0], type(error).__name__)
+            return
+        _log.error(
+            "internal error on a request from %s: %s: %s",
+            client_address[0],
+            type(error).__name__,
+            error,
+            exc_info=bool(os.environ.get("REEF_DEBUG")),
+        )
+
+
+def _refuse(connection: socket.socket) -> None:
+    """Answer 503 without a thread: one non-blocking send into an empty socket buffer."""
+    with contextlib.suppress(OSError):
+        connection.setblocking(False)
+        connection.send(_BUSY)
+        connection.shutdown(socket.SHUT_WR)
+        connection.recv(65536)  # what the client sent already: closing then does not reset

@@ -52,14 +52,19 @@ from .fingerprint import (
     layer_selection_mismatch,
     replace_directory,
 )
+from .neuron_test import STATISTIC as UNITS_STATISTIC
+from .neuron_test import UnitsOutcome, VictimCache, compare_units, summary
 from .probes import ProbeSet, load_probes
 from .statistics import CombinedCalibration, Statistic, bootstrap_curve, combined_calibration
+from .unit_matching import format_log10_p
 
 if TYPE_CHECKING:
     from .keys import Signer
 
 FINDINGS_FORMAT = "reef-findings"
-FINDINGS_VERSION = 2
+FINDINGS_VERSION = 3
+#: Findings versions `verify` reads: version 2 (two CKA tests) re-derives with its own rule.
+READABLE_FINDINGS = (2, 3)
 VERDICTS = ("derived", "unrelated", "inconclusive")
 
 
@@ -92,7 +97,9 @@ class DecisionRule:
             raise TypeError("the decision rule is not an object")
         return cls(**{k: v for k, v in recorded.items() if k != "text"})
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, version: int = FINDINGS_VERSION) -> dict[str, Any]:
+        if version >= 3:
+            return {**self.as_json(2), "text": self._text_v3()}
         return {
             "alpha": self.alpha,
             "unrelated_alpha": self.unrelated_alpha,
@@ -108,10 +115,41 @@ class DecisionRule:
             ),
         }
 
+    def _text_v3(self) -> str:
+        return (
+            f"Three tests: the CKA mean test, the CKA layer test (both calibrated on the "
+            f"references) and the neuron-matching test (needs no references); each p-value is "
+            f"multiplied by the number of tests that ran (Bonferroni). derived: the neuron-matching "
+            f"test with a corrected p < {self.alpha}, or, with at least {self.min_references} "
+            f"references, a CKA test with a corrected p < {self.alpha} and the suspect above every "
+            f"reference on that test's score by at least {self.margin}; unrelated: at least "
+            f"{self.min_references} references and every test's corrected p >= "
+            f"{self.unrelated_alpha} (a neuron-matching test that could not run is stated); "
+            "otherwise inconclusive"
+        )
+
 
 def format_p(p: float) -> str:
     """A probability for people: two significant digits, and no false zero."""
     return "< 1e-16" if p < 1e-16 else f"{p:.2g}"
+
+
+def p_text(record: dict[str, Any]) -> str:
+    """A findings record's combined p-value for people ("n/a" when there is none): from its
+    log10 (version 3), so that p-values below a double's range still print."""
+    if record.get("log10_p_value") is not None:
+        return format_log10_p(float(record["log10_p_value"]))
+    return "n/a" if record.get("p_value") is None else format_p(float(record["p_value"]))
+
+
+def units_p_text(record: dict[str, Any]) -> str:
+    """The neuron-matching test's combined p-value for people, or why it did not run."""
+    units = record.get("units_test")
+    if units is None:
+        return "n/a"
+    if not units["ran"]:
+        return "not run"
+    return format_log10_p(float(units["log10_p_value"]))
 
 
 def _range(values: Sequence[float]) -> str:
@@ -119,9 +157,152 @@ def _range(values: Sequence[float]) -> str:
 
 
 def decide(
-    calibration: CombinedCalibration, rule: DecisionRule, layer_names: Sequence[str] = ()
+    calibration: CombinedCalibration,
+    rule: DecisionRule,
+    layer_names: Sequence[str] = (),
+    units: UnitsOutcome | None = None,
 ) -> tuple[str, list[str]]:
-    """The verdict and the sentences that explain it (``layer_names``: the blocks tested)."""
+    """The verdict and the sentences that explain it (``layer_names``: the blocks tested).
+
+    ``units`` is the neuron-matching test (findings version 3); None decides as version 2 did,
+    from the two CKA tests alone."""
+    if units is not None:
+        return _decide_three(calibration, rule, layer_names, units)
+    return _decide_cka(calibration, rule, layer_names)
+
+
+def tests_counted(calibration: CombinedCalibration, units: UnitsOutcome) -> int:
+    """How many tests a p-value is corrected for: the two CKA tests, and the neuron-matching
+    test when it ran."""
+    return 2 + (1 if units.ran else 0)
+
+
+def overall_log10_p(calibration: CombinedCalibration, units: UnitsOutcome) -> float | None:
+    """log10 of the combined p-value of every test that ran (Bonferroni over the tests)."""
+    logs = [_log10(t.p_value) for t in calibration.tests if t.p_value is not None]
+    if units.ran:
+        logs.append(units.log10_p)
+    if not logs:
+        return None
+    return min(0.0, math.log10(tests_counted(calibration, units)) + min(logs))
+
+
+def _log10(p: float) -> float:
+    return math.log10(p) if p > 0 else math.log10(sys.float_info.min * sys.float_info.epsilon)
+
+
+def _unusual_block(calibration: CombinedCalibration, layer_names: Sequence[str]) -> list[str]:
+    """The sentence on the layer test's block, when there is one."""
+    layer = calibration.layer
+    if layer is None or layer.layer is None:
+        return []
+    name = layer_names[layer.layer] if layer.layer < len(layer_names) else f"#{layer.layer}"
+    return [
+        f"Its most unusual block, {name}, scores {layer.calibration.score:.3f} where the "
+        f"references score {_range(layer.calibration.references)}."
+    ]
+
+
+def _cka_described(calibration: CombinedCalibration, layer_names: Sequence[str]) -> list[str]:
+    mean = calibration.mean.calibration
+    described = [
+        f"CKA: the suspect scores {mean.score:.3f} on average over the victim's blocks. The "
+        f"{len(mean.references)} independent reference models score {_range(mean.references)} "
+        "against the same victim."
+    ]
+    described.extend(_unusual_block(calibration, layer_names))
+    return described
+
+
+def _decide_three(
+    calibration: CombinedCalibration,
+    rule: DecisionRule,
+    layer_names: Sequence[str],
+    units: UnitsOutcome,
+) -> tuple[str, list[str]]:
+    """Version 3: the two CKA tests and the neuron-matching test, Bonferroni over the tests."""
+    mean = calibration.mean.calibration
+    count = tests_counted(calibration, units)
+    enough = len(mean.references) >= rule.min_references and not math.isnan(mean.score)
+    if enough:
+        described = _cka_described(calibration, layer_names)
+    elif math.isnan(mean.score):
+        described = ["CKA: the similarity could not be computed."]
+    else:
+        described = [
+            f"CKA: only {len(mean.references)} independent reference model(s) were measured; at "
+            f"least {rule.min_references} are needed to calibrate the CKA tests, so they do not "
+            "decide. Their numbers are reported all the same."
+        ]
+    units_line = units.sentence()
+    if units.ran:
+        corrected = min(0.0, math.log10(count) + units.log10_p)
+        if corrected < math.log10(rule.alpha):
+            return "derived", [
+                units_line,
+                *described,
+                f"The neuron-matching test decides: after correcting for {count} tests the "
+                f"probability is {format_log10_p(corrected)}, below the threshold {rule.alpha}. The "
+                "suspect's units are the victim's units: the evidence indicates it was derived "
+                "from it.",
+            ]
+    firing = [
+        t
+        for t in calibration.tests
+        if enough
+        and t.p_value is not None
+        and min(1.0, count * t.p_value) < rule.alpha
+        and t.margin is not None
+        and t.margin >= rule.margin
+    ]
+    if firing:
+        test = min(firing, key=lambda t: t.p_value or 0.0)
+        corrected_p, margin = min(1.0, count * (test.p_value or 0.0)), test.margin or 0.0
+        what = (
+            "A mean similarity this high"
+            if test.name == "mean"
+            else f"A block this similar (after correcting for {test.layers_tested} blocks)"
+        )
+        return "derived", [
+            *described,
+            units_line,
+            f"The CKA {test.name} test decides: {what} would be expected from an independent model "
+            f"with probability {format_p(corrected_p)} (below the threshold {rule.alpha}; corrected "
+            f"for {count} tests), and it exceeds every reference by {margin:.3f}. The suspect's "
+            "representations match the victim's far more closely than independent models do: the "
+            "evidence indicates it was derived from it.",
+        ]
+    overall = overall_log10_p(calibration, units)
+    if not enough or overall is None:
+        return "inconclusive", [
+            *described,
+            units_line,
+            "No test found evidence of derivation, but without a calibrated CKA panel no "
+            "conclusion of independence is drawn.",
+        ]
+    if overall >= math.log10(rule.unrelated_alpha):
+        unrun = "" if units.ran else " (the neuron-matching test could not run, as said above)"
+        return "unrelated", [
+            *described,
+            units_line,
+            f"Independent models give results like these with probability "
+            f"{format_log10_p(overall)} (the smallest of the tests' p-values, corrected for {count} "
+            f"tests): no test found evidence of derivation{unrun}.",
+        ]
+    return "inconclusive", [
+        *described,
+        units_line,
+        f"The results are unusual for an independent model (probability "
+        f"{format_log10_p(overall)}, corrected for {count} tests) but do not meet the bar for a "
+        f"finding of derivation (below {rule.alpha}, and for a CKA test a margin of {rule.margin} "
+        "over every reference). More references or probe texts may settle it.",
+    ]
+
+
+def _decide_cka(
+    calibration: CombinedCalibration, rule: DecisionRule, layer_names: Sequence[str]
+) -> tuple[str, list[str]]:
+    """Version 2: the two CKA tests."""
     mean = calibration.mean.calibration
     score, refs = mean.score, mean.references
     if math.isnan(score):
@@ -137,13 +318,7 @@ def decide(
         f"The suspect scores {score:.3f} on average over the victim's blocks. The {len(refs)} "
         f"independent reference models score {_range(refs)} against the same victim."
     ]
-    layer = calibration.layer
-    if layer is not None and layer.layer is not None:
-        name = layer_names[layer.layer] if layer.layer < len(layer_names) else f"#{layer.layer}"
-        described.append(
-            f"Its most unusual block, {name}, scores {layer.calibration.score:.3f} where the "
-            f"references score {_range(layer.calibration.references)}."
-        )
+    described.extend(_unusual_block(calibration, layer_names))
     if p is None:
         return "inconclusive", [*described, f"No p-value could be computed: {mean.reason}."]
     firing = [
@@ -326,8 +501,41 @@ def calibrate(
     )
 
 
-def calibration_record(calibration: CombinedCalibration, blocks: Sequence[str]) -> dict[str, Any]:
-    """The p-values and the two tests, as the findings record states them."""
+def calibration_record(
+    calibration: CombinedCalibration, blocks: Sequence[str], units: UnitsOutcome | None = None
+) -> dict[str, Any]:
+    """The p-values and the tests, as the findings record states them (``units``: version 3,
+    with the neuron-matching test; None: version 2)."""
+    record = _calibration_record_v2(calibration, blocks)
+    if units is None:
+        return record
+    overall = overall_log10_p(calibration, units)
+    count = tests_counted(calibration, units)
+    record["p_value"] = None if overall is None else _clean(10.0**overall)
+    record["log10_p_value"] = overall
+    record["tests"]["units"] = (
+        {
+            "ran": True,
+            "log10_p_value": units.log10_p,
+            "p_value": _clean(10.0**units.log10_p),
+            "blocks_compared": units.blocks_compared,
+            "lined_up": units.lined_up,
+        }
+        if units.ran
+        else {"ran": False, "skipped": units.skipped}
+    )
+    record["tests"]["combination"] = (
+        f"p_value = min(1, {count} * the smallest p-value of the {count} tests that ran "
+        "(Bonferroni), log10_p_value its log10; layer p = min(1, blocks tested * smallest "
+        "per-block p); CKA p-values: Student t predictive on Fisher-z reference scores; "
+        "neuron-matching p: see units_test.statistic"
+    )
+    return record
+
+
+def _calibration_record_v2(
+    calibration: CombinedCalibration, blocks: Sequence[str]
+) -> dict[str, Any]:
     mean = calibration.mean.calibration
 
     def test_json(test: Statistic | None) -> dict[str, Any] | None:
@@ -397,8 +605,15 @@ def check(
     resamples: int = 200,
     seed: int = 0,
     progress: bool = False,
+    findings_version: int = FINDINGS_VERSION,
 ) -> Findings:
-    """Compare ``suspect`` with ``victim`` and calibrate on ``references``."""
+    """Compare ``suspect`` with ``victim`` and calibrate on ``references``.
+
+    ``findings_version`` 2 makes the record an earlier release made (no neuron-matching test):
+    what `verify --evidence` recomputes for findings of that version."""
+    if findings_version not in READABLE_FINDINGS:
+        raise ValueError(f"findings version {findings_version} is not one this tool writes")
+    with_units = findings_version >= 3
     chosen_rule = rule or DecisionRule()
     method = CkaMethod(estimator="debiased")
     for role, other in [
@@ -445,24 +660,34 @@ def check(
         matrix, score, path = against(suspect, suspect_stack)
         matrix_biased = cka_matrix(victim_biased, suspect_biased)
         del suspect_stack, suspect_biased
+        victim_units: VictimCache = {}
+        units_record = (
+            compare_units(victim, suspect, path, cache=victim_units) if with_units else None
+        )
         reference_rows = []
         for reference in references:
             ref_matrix, ref_score, ref_path = against(reference)
-            reference_rows.append(
-                {
-                    **_describe(reference),
-                    "score": _clean(ref_score),
-                    "block_scores": [
-                        _clean(v) for v in _block_scores(ref_matrix, victim.layers, ref_path)
-                    ],
-                }
-            )
+            row = {
+                **_describe(reference),
+                "score": _clean(ref_score),
+                "block_scores": [
+                    _clean(v) for v in _block_scores(ref_matrix, victim.layers, ref_path)
+                ],
+            }
+            if with_units:  # the panel is a second check of the test's null
+                row["units"] = summary(
+                    compare_units(victim, reference, ref_path, role="reference", cache=victim_units)
+                )
+            reference_rows.append(row)
         positive_rows = []
         for name, control in positive_controls:
-            _, control_score, _ = against(control)
-            positive_rows.append(
-                {"name": name, "digest": control.digest, "score": _clean(control_score)}
-            )
+            _, control_score, control_path = against(control)
+            row = {"name": name, "digest": control.digest, "score": _clean(control_score)}
+            if with_units:
+                row["units"] = summary(
+                    compare_units(victim, control, control_path, role="control", cache=victim_units)
+                )
+            positive_rows.append(row)
         positive_rows.extend(dict(skip) for skip in positive_skips)
 
     head_v, head_s = headline_layer(victim.layers), headline_layer(suspect.layers)
@@ -478,7 +703,8 @@ def check(
         _block_scores(matrix, victim.layers, path),
         [(r["score"], r["block_scores"]) for r in reference_rows],
     )
-    verdict, reasons = decide(calibration, chosen_rule, blocks)
+    outcome = UnitsOutcome.from_record(units_record) if units_record is not None else None
+    verdict, reasons = decide(calibration, chosen_rule, blocks, outcome)
     identical = victim.model_digest == suspect.model_digest
     if identical:
         reasons.insert(
@@ -487,14 +713,14 @@ def check(
     best = [int(np.nanargmax(row)) if not np.all(np.isnan(row)) else 0 for row in matrix]
     record: dict[str, Any] = {
         "format": FINDINGS_FORMAT,
-        "format_version": FINDINGS_VERSION,
+        "format_version": findings_version,
         "tool": {"name": "reef-forensics", "version": __version__},
         "created": created_timestamp(),
         "verdict": verdict,
         "score": _clean(score),
         "statistic": "mean linear-debiased CKA along the monotone alignment path over the victim's blocks",
-        **calibration_record(calibration, blocks),
-        "decision_rule": chosen_rule.as_json(),
+        **calibration_record(calibration, blocks, outcome),
+        "decision_rule": chosen_rule.as_json(findings_version),
         "reasons": reasons,
         "identical": identical,
         "victim": _describe(victim),
@@ -541,6 +767,8 @@ def check(
         },
         "references": reference_rows,
     }
+    if units_record is not None:
+        record["units_test"] = {**units_record, "statistic": UNITS_STATISTIC}
     return Findings(record)
 
 

@@ -132,3 +132,37 @@ def controls(
         axes.set_title("Controls and references; dotted line: the suspect")
         figure.tight_layout()
         return _svg(figure)
+
+
+def units(blocks: Sequence[dict[str, Any]], references: Sequence[tuple[str, float | None]]) -> str:
+    """Per block of the neuron-matching test: the share of units both matchings pair alike (the
+    suspect's bars) against what chance gives (1 / candidates, a tick on each bar), and, beside
+    it, each reference's combined -log10 p (the test's null, measured)."""
+    with plt.rc_context(_STYLE):
+        figure, (left, right) = plt.subplots(
+            1, 2, figsize=(6.2, 2.8), gridspec_kw={"width_ratios": [3, 1.2]}
+        )
+        names = [_short(b["layer_a"]) for b in blocks]
+        shares = [b["agreed"] / b["matched"] if b["matched"] else 0.0 for b in blocks]
+        chance = [1.0 / b["candidates"] if b["candidates"] else 0.0 for b in blocks]
+        positions = range(len(blocks))
+        left.bar(positions, shares, color=SUSPECT_COLOR, width=0.8, label="suspect")
+        left.plot(positions, chance, "_", color="black", markersize=8, label="chance")
+        step = max(1, math.ceil(len(blocks) / 16))
+        left.set_xticks(list(positions)[::step])
+        left.set_xticklabels(names[::step])
+        left.set_ylim(0.0, 1.3)
+        left.set_yticks([0.0, 0.25, 0.5, 0.75, 1.0])
+        left.set_xlabel("victim block")
+        left.set_ylabel("units matched alike in both views")
+        left.legend(loc="upper left", ncol=2, frameon=False)
+        left.set_title("Neuron matching, block by block")
+        values = [min(_number(v), 0.0) if v is not None else 0.0 for _, v in references]
+        right.barh(range(len(values)), [-v for v in values], color=REFERENCE_COLOR)
+        right.set_yticks(range(len(values)))
+        right.set_yticklabels([name[:14] for name, _ in references])
+        right.axvline(2.0, color="black", linewidth=0.6, linestyle=":")
+        right.set_xlabel("-log10 p")
+        right.set_title("References")
+        figure.tight_layout()
+        return _svg(figure)

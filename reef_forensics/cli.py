@@ -19,14 +19,15 @@ from typing import Any
 from . import __version__
 from .cka import CkaMethod
 from .comparison import Comparison, compare_fingerprints
-from .errors import BadInputError, ReefError
+from .errors import BadInputError, ReefError, first_line, is_native_panic
 from .evidence import sign_evidence, verify_evidence
 from .files import write_atomic
-from .fingerprint import Fingerprint, read_fingerprint
+from .fingerprint import DEFAULT_UNIT_SAMPLES, Fingerprint, read_fingerprint
 from .keys import (
     PASSPHRASE_ENV,
     Signer,
     describe_key_file,
+    forget_passphrase,
     generate_keys,
     key_fingerprint,
     load_certificates,
@@ -63,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(
             f"internal error: {type(exc).__name__}: {exc} (set REEF_DEBUG=1 for a traceback)", 1
         )
+    except BaseException as exc:  # a Rust panic is no Exception; models' are ModelLoadErrors
+        if not is_native_panic(exc):
+            raise
+        return _fail(f"internal error: a panic in native code: {first_line(exc)}", 1)
 
 
 def _fail(message: str, code: int) -> int:
@@ -132,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="keep only these hidden states, e.g. 0,4,8 or 0-12 (0 = embeddings, i = block i; "
         "default all)",
+    )
+    fp.add_argument(
+        "--unit-samples",
+        type=int,
+        default=DEFAULT_UNIT_SAMPLES,
+        metavar="N",
+        help="store every block's MLP units for the first N probe texts, for the neuron-matching "
+        f"test (default {DEFAULT_UNIT_SAMPLES}; 0: none, and the test is skipped)",
     )
     fp.add_argument(
         "--padding-side", choices=("right", "left"), default="right", help="default right"
@@ -519,7 +532,7 @@ def _signer_from_args(args: argparse.Namespace) -> Signer | None:
         certificate=args.cert,
         chain=args.chain,
     )
-    os.environ.pop(PASSPHRASE_ENV, None)  # read once; nothing started later inherits it
+    forget_passphrase()  # read once: no child inherits it, /proc/PID/environ no longer shows it
     for warning in permission_warnings(key_path, args.passphrase_file):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     return signer
@@ -568,7 +581,8 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
     from .fingerprinting import fingerprint_model
 
     signer = _signer_from_args(args)  # a wrong passphrase fails now, not after extraction
-
+    if args.unit_samples < 0:
+        raise BadInputError(f"--unit-samples must be 0 or more, got {args.unit_samples}")
     probe_set = load_probes(
         args.probes, column=args.probes_column, split=args.probes_split, limit=args.probes_limit
     )
@@ -590,7 +604,10 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         layers=args.layers,
         max_memory=args.max_memory,
         offload_dir=args.offload_dir,
+        unit_samples=args.unit_samples,
     )
+    if signer is not None:
+        _warn_unverifiable(signer, fingerprint.path)
     summary = _fingerprint_summary(fingerprint)
     if args.json:
         _emit_json(args.json, summary)
@@ -600,10 +617,21 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
             f"probe texts x {len(fingerprint.layers)} layers, pooling {fingerprint.pooling}\n"
             f"  model digest        {fingerprint.model_digest}\n"
             f"  probes digest       {fingerprint.probes_digest}\n"
-            f"  fingerprint digest  {fingerprint.digest}"
+            f"  fingerprint digest  {fingerprint.digest}\n"
+            f"  MLP units           {_units_line(fingerprint)}"
             + (f"\n  signed              {fingerprint.path / SIGNATURE_NAME}" if signer else "")
         )
     return 0
+
+
+def _units_line(fingerprint: Fingerprint) -> str:
+    units = fingerprint.units
+    if units is None:
+        return f"none: {fingerprint.units_skipped}"
+    return (
+        f"{units['kind']}, {len(units['blocks'])} blocks x {units['blocks'][0]['units']} units, "
+        f"first {units['samples']} texts"
+    )
 
 
 def _fingerprint_summary(fingerprint: Fingerprint) -> dict[str, Any]:
@@ -612,6 +640,9 @@ def _fingerprint_summary(fingerprint: Fingerprint) -> dict[str, Any]:
         "num_samples": fingerprint.num_samples,
         "pooling": fingerprint.pooling,
         "layers": fingerprint.layers,
+        "format_version": fingerprint.format_version,
+        "units": fingerprint.units,
+        "units_skipped": fingerprint.units_skipped,
     }
 
 
@@ -637,7 +668,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .analysis import check_paths, findings_directory, format_p
+    from .analysis import check_paths, findings_directory, p_text, units_p_text
 
     if args.resamples < 200:
         raise BadInputError(f"--resamples must be at least 200, got {args.resamples}")
@@ -688,27 +719,39 @@ def _cmd_check(args: argparse.Namespace) -> int:
             progress=_show_progress(args),
             **options,
         )
-        written = (
-            findings.write(args.out, signer=signer, overwrite=args.overwrite) if args.out else None
-        )
-        if args.report and written is not None and signer is not None:
-            from .report import write_report
-
+        written: Path | None = None
+        if args.report and signer is not None:
             victim_fp = Path(scratch, "victim") if victim_is_model else Path(args.victim)
-            report = write_report(written.parent, args.report, signer, victim=victim_fp)
+            written, report = _write_findings_and_report(
+                findings, Path(args.out), Path(args.report), signer, victim_fp
+            )
+        elif args.out:
+            written = findings.write(args.out, signer=signer, overwrite=args.overwrite)
+    if written is not None and signer is not None:
+        # what a report's `verify --trust CA --evidence` will be given
+        given = (
+            [Path(p) for p in (args.victim, args.suspect, *args.reference)] if args.report else []
+        )
+        _warn_unverifiable(
+            signer,
+            written.parent,
+            [p for p in given if (p / "fingerprint.json").is_file()],
+            attached=Path(args.victim),
+        )
     record = findings.as_json()
     if args.json:
         _emit_json(args.json, record)
     if args.json != "-":
-        p = record["p_value"]
         lines = [
             f"VERDICT: {record['verdict']}",
             f"score {record['score']:.4f} ({record['statistic']})"
             if record["score"] is not None
             else "score: undefined",
-            f"p-value {format_p(p)} against {record['panel_size']} reference model(s)"
-            if p is not None
+            f"p-value {p_text(record)} (every test, corrected), CKA calibrated on "
+            f"{record['panel_size']} reference model(s)"
+            if record["p_value"] is not None or record.get("log10_p_value") is not None
             else f"p-value: none ({record['p_value_reason']})",
+            f"neuron matching: p {units_p_text(record)}",
             *[f"  {reason}" for reason in record["reasons"]],
         ]
         if args.report:
@@ -720,6 +763,79 @@ def _cmd_check(args: argparse.Namespace) -> int:
             )
         print("\n".join(lines))
     return 0
+
+
+def _write_findings_and_report(
+    findings: Any, out: Path, report: Path, signer: Signer, victim: Path
+) -> tuple[Path, Path]:
+    """The signed findings and their report, both or neither. The findings are written into a
+    hidden folder beside ``out`` under their final name (which their signature names), the
+    report is rendered from them and written (atomically), and only then are the findings moved
+    into place: a report that cannot be made leaves no findings behind."""
+    import shutil
+    import tempfile
+
+    from .analysis import FINDINGS_FILE
+    from .fingerprint import replace_directory
+    from .report import write_report
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".pending", dir=out.parent))
+    try:
+        staged = findings.write(stage / out.name, signer=signer).parent
+        written_report = write_report(staged, report, signer, victim=victim)
+        try:
+            replace_directory(staged, out)
+        except OSError:
+            written_report.unlink(missing_ok=True)  # neither, then
+            raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out / FINDINGS_FILE, written_report
+
+
+def _warn_unverifiable(
+    signer: Signer, made: Path, evidence: Sequence[Path] = (), attached: Path | None = None
+) -> None:
+    """Say, when it is made, what the trust model it was signed for cannot check: evidence
+    signed with a bare key (no certificate) verifies only with ``verify --key``, never with
+    ``verify --trust CA``; findings signed with a certificate rest on fingerprints that
+    ``verify REPORT --trust CA --evidence`` checks only if they carry one too, and a report's
+    ``attached`` victim fingerprint signature is checked against the CA with the report."""
+    from .evidence import signature_kind
+
+    if signer.certificate is None:
+        _warn(
+            f"{made} is signed with a bare key (no --cert): `verify --key PUBLIC_KEY` can check "
+            "it, `verify --trust CA_CERT` cannot (nor a report resting on it); pass --cert to "
+            "sign for a CA"
+        )
+        return
+    for folder in evidence:
+        kind = signature_kind(folder)
+        if kind == "certificate":
+            continue
+        if kind == "key" and folder == attached:
+            _warn(_attached_warning("victim fingerprint", folder))
+            continue
+        state = "is not signed" if kind is None else "is signed with a bare key"
+        _warn(
+            f"the fingerprint {folder} {state}: `verify REPORT --trust CA_CERT --evidence "
+            f"{folder} ...` will find it NOT VALID; sign it with `reef-forensics sign {folder} "
+            "--key KEY --cert CERT`"
+        )
+
+
+def _attached_warning(what: str, folder: Path) -> str:
+    return (
+        f"the {what} {folder} is signed with a bare key and the report attaches that signature: "
+        "`verify REPORT --trust CA_CERT` will find the report NOT VALID; sign it with "
+        f"`reef-forensics sign {folder} --key KEY --cert CERT` first"
+    )
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def _materialize_model_uris(args: argparse.Namespace, scratch: Path) -> None:
@@ -757,12 +873,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     written = write_report(
         args.findings, args.out, signer, trust=trust, victim=args.victim, case_id=args.case_id
     )
+    _warn_unattached_trust(Path(args.findings), Path(args.victim) if args.victim else None)
     summary = {"report": str(written), "findings": str(args.findings), "signed": True}
     if args.json:
         _emit_json(args.json, summary)
     if args.json != "-":
         print(f"report: {written} (PDF/A-4f, certification signature, evidence attached)")
     return 0
+
+
+def _warn_unattached_trust(findings: Path, victim: Path | None) -> None:
+    """A report is signed with a certificate; the signatures it attaches must carry one too, or
+    ``verify REPORT --trust CA_CERT`` finds it NOT VALID."""
+    from .evidence import signature_kind
+
+    for what, folder in (("findings", findings), ("victim fingerprint", victim)):
+        if folder is not None and signature_kind(folder) == "key":
+            _warn(_attached_warning(what, folder))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -813,7 +940,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         )
     queue = config.open_queue()
     worker = Worker(config, queue)
-    os.environ.pop(PASSPHRASE_ENV, None)  # the key is loaded; no model code or child inherits it
+    forget_passphrase()  # the key is loaded: no model code or child inherits the passphrase
     try:
         handled = worker.run(until_empty=args.until_empty, poll_seconds=args.poll)
     except KeyboardInterrupt:
@@ -835,6 +962,8 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
 
     if bool(args.versions) == args.all:
         raise BadInputError("give the versions to screen (models:/NAME/VERSION ...) or --all")
+    from .analysis import p_text
+
     config = load_config(args.config)
     result = screen_fleet(
         config,
@@ -851,7 +980,7 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
             f"{len(result.failed)} failed, on {result.workers} CPU(s) in {result.seconds:.1f} s"
         ]
         for s in result.screenings:
-            p = "n/a" if s.p_value is None else f"{s.p_value:.2g}"
+            p = p_text({"p_value": s.p_value, "log10_p_value": s.log10_p_value})
             score = "n/a" if s.score is None else f"{s.score:.4f}"
             lines.append(f"  {s.suspect} vs {s.victim}: {s.verdict} score={score} p={p}")
         lines += [f"  FAILED {label}: {reason}" for label, reason in result.failed.items()]
@@ -960,6 +1089,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     signer = _signer_from_args(args)
     assert signer is not None
     bundle = sign_evidence(args.directory, signer)
+    _warn_unverifiable(signer, Path(args.directory))
     summary = {"signature": str(bundle), "signer": "sha256:" + key_fingerprint(signer.public_key)}
     if args.json:
         _emit_json(args.json, summary)

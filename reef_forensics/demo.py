@@ -44,7 +44,8 @@ class Row:
     truth: str
     verdict: str
     score: float | None
-    p_value: float | None
+    p_value: str  # as the worker's screening tag prints it (e.g. 0.0041, <1e-300, n/a)
+    units_p: str  # the neuron-matching test's p-value, likewise
     report: Path | None
     verified: bool | None
 
@@ -396,7 +397,8 @@ def _collect(root: Path, registry: _Registry, references: list[str]) -> list[Row
                     _truth(name),
                     tags.get("reef.status", "?") + ": " + tags.get("reef.status.reason", ""),
                     None,
-                    None,
+                    "n/a",
+                    "n/a",
                     None,
                     None,
                 )
@@ -419,14 +421,14 @@ def _collect(root: Path, registry: _Registry, references: list[str]) -> list[Row
             report = local / "report.pdf"
             evidence = [*panel, fingerprint_of(name)]
             verified = verify_report(report, trust, evidence).valid
-        p = fields.get("p", "n/a")
         rows.append(
             Row(
                 name,
                 _truth(name),
                 verdict,
                 float(fields["score"]),
-                None if p == "n/a" else float(p),
+                fields.get("p", "n/a"),
+                fields.get("units", "n/a"),
                 report,
                 verified,
             )
@@ -440,18 +442,20 @@ def _truth(name: str) -> str:
 
 def summary_table(rows: list[Row], root: Path) -> str:
     lines = [
-        f"{'model':<12} {'truth':<10} {'verdict':<13} {'score':>6} {'p-value':>8}  report (verified)",
-        "-" * 78,
+        f"{'model':<12} {'truth':<10} {'verdict':<13} {'score':>6} {'p-value':>9} "
+        f"{'units p':>9}  report (verified)",
+        "-" * 88,
     ]
     for row in rows:
         score = "n/a" if row.score is None else f"{row.score:.3f}"
-        p = "n/a" if row.p_value is None else f"{row.p_value:.2g}"
+        p, units = row.p_value, row.units_p
         report = (
             "-"
             if row.report is None
             else f"{row.report.relative_to(root)} ({'VALID' if row.verified else 'NOT VALID'})"
         )
         lines.append(
-            f"{row.model:<12} {row.truth:<10} {row.verdict:<13} {score:>6} {p:>8}  {report}"
+            f"{row.model:<12} {row.truth:<10} {row.verdict:<13} {score:>6} {p:>9} {units:>9}  "
+            f"{report}"
         )
     return "\n".join(lines)

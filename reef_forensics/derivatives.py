@@ -21,6 +21,7 @@ import torch
 
 from .digests import sha256_json
 from .models import LoadedModel, ModelDigest
+from .native import describe, native_calls, time_trial
 
 NOISE_RELATIVE_STD = 0.02
 PRUNE_FRACTION = 0.5
@@ -140,15 +141,17 @@ def fine_tune(
         tokenizer.pad_token = tokenizer.eos_token
     embeddings = model.get_input_embeddings()
     corpus = other_text(texts or ["the quick brown fox jumps over the lazy dog"] * 8, seed)
+    time_trial(tokenizer, corpus)  # a tokenizer that stalls or crashes is refused first
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     try:
         for step in range(steps):
             batch = [corpus[(step * 4 + i) % len(corpus)] for i in range(4)]
-            encoded = tokenizer(
-                batch, return_tensors="pt", padding=True, truncation=True, max_length=64
-            )
+            with native_calls(f"the tokenizer of {describe(tokenizer)}"):
+                encoded = tokenizer(
+                    batch, return_tensors="pt", padding=True, truncation=True, max_length=64
+                )
             ids = encoded["input_ids"].to(embeddings.weight.device)
             mask = encoded["attention_mask"].to(ids.device)
             hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state

@@ -27,6 +27,10 @@ class ModelLoadError(BadInputError):
     """A model cannot be loaded safely (missing, corrupt, pickle-only, needs remote code)."""
 
 
+class TokenizerError(ModelLoadError):
+    """A model's tokenizer crashed (a Rust panic) or ran past its time limit on the probe texts."""
+
+
 class ExtractionError(BadInputError):
     """Representations cannot be extracted (no hidden states, NaN/inf activations, empty text)."""
 
@@ -51,3 +55,11 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (or its type name): enough for one error line."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_native_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Rust panic surfacing through pyo3 (``pyo3_runtime.PanicException``,
+    raised by tokenizers, safetensors and other Rust extensions). It derives from
+    `BaseException`, not `Exception`, so ``except Exception`` lets it through."""
+    kind = type(exc)
+    return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"

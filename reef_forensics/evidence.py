@@ -17,7 +17,7 @@ from typing import Any
 from .analysis import (
     FINDINGS_FILE,
     FINDINGS_FORMAT,
-    FINDINGS_VERSION,
+    READABLE_FINDINGS,
     VERDICTS,
     DecisionRule,
     calibrate,
@@ -25,23 +25,30 @@ from .analysis import (
     decide,
 )
 from .digests import canonical_json
-from .errors import FingerprintError, first_line
+from .errors import FingerprintError, SignatureError, first_line
 from .files import parse_json
-from .fingerprint import EMBEDDINGS_LAYER, FILES, MANIFEST, read_fingerprint
+from .fingerprint import EMBEDDINGS_LAYER, FILES, MANIFEST, Fingerprint, read_fingerprint
 from .keys import Signer
+from .neuron_test import UnitsOutcome, units_record_problem
 from .recompute import Differences
+from .record_types import findings_type_problem
 from .signing import (
+    MAX_BUNDLE_BYTES,
     SIGNATURE_NAME,
     TrustPolicy,
     VerificationResult,
+    read_bundle_bytes,
     sign_directory,
+    verify_bundle_over,
     verify_directory,
 )
 
 
-def _fingerprint_consistency(folder: Path, result: VerificationResult) -> None:
+def _fingerprint_consistency(
+    folder: Path, result: VerificationResult, fingerprint: Fingerprint | None = None
+) -> None:
     try:
-        fingerprint = read_fingerprint(folder)
+        fingerprint = fingerprint or read_fingerprint(folder)
         for _ in fingerprint.iter_layers():  # every value finite
             pass
     except FingerprintError as exc:
@@ -70,6 +77,41 @@ def verify_evidence(path: str | os.PathLike[str], trust: TrustPolicy) -> Verific
     return result
 
 
+def verify_fingerprint_snapshot(
+    path: str | os.PathLike[str], trust: TrustPolicy
+) -> tuple[VerificationResult, Fingerprint | None]:
+    """Verify a signed fingerprint on one reading of its files, and return the fingerprint made
+    of those very bytes (None unless it verifies): what is then computed on is what was verified.
+
+    `verify_evidence` then `read_fingerprint` read every file twice, and a file swapped between
+    the two readings would be computed on unverified. Here each file is read once, into memory
+    (`read_fingerprint` with ``snapshot``: digests against the manifest, texts, headers and every
+    tensor from those bytes), and the signature is checked against the digests of the same bytes
+    (`verify_bundle_over`, every signed file required). The checks are those of
+    `verify_evidence`. No signature at all is an error (`SignatureError`), as there."""
+    folder = Path(path)
+    bundle_path = folder / SIGNATURE_NAME
+    if not folder.is_dir():
+        raise FingerprintError(f"fingerprint not found: {folder} is not a directory")
+    if not bundle_path.is_file() and not bundle_path.is_symlink():
+        raise SignatureError(f"{folder} is not signed: {SIGNATURE_NAME} is missing")
+    result = VerificationResult(path=folder)
+    raw = read_bundle_bytes(bundle_path, result)
+    if raw is None:
+        return result, None
+    try:
+        fingerprint = read_fingerprint(folder, snapshot=True)
+    except (FingerprintError, OSError) as exc:
+        result.add("fingerprint consistency", False, first_line(exc))
+        return result, None
+    assert fingerprint.snapshot is not None
+    result = verify_bundle_over(raw, fingerprint.snapshot, trust, path=folder, complete=True)
+    _only_these_files(folder, {*FILES, SIGNATURE_NAME}, result)
+    if all(check.ok for check in result.checks):
+        _fingerprint_consistency(folder, result, fingerprint)
+    return result, fingerprint if result.valid else None
+
+
 def _findings_consistency(folder: Path, result: VerificationResult) -> None:
     raw = (folder / FINDINGS_FILE).read_bytes()
     try:
@@ -77,10 +119,12 @@ def _findings_consistency(folder: Path, result: VerificationResult) -> None:
         problem = None
         if not isinstance(record, dict) or record.get("format") != FINDINGS_FORMAT:
             problem = f"{FINDINGS_FILE} is not a reef-forensics findings record"
-        elif record.get("format_version") != FINDINGS_VERSION:
+        elif record.get("format_version") not in READABLE_FINDINGS:
             problem = f"{FINDINGS_FILE} has format version {record.get('format_version')!r}"
         elif canonical_json(record) != raw:
             problem = f"{FINDINGS_FILE} is not in canonical form"
+        elif wrong_type := findings_type_problem(record):  # "0.5" is no number
+            problem = f"{FINDINGS_FILE}: {wrong_type}"
         elif record.get("verdict") not in VERDICTS:
             problem = f"{FINDINGS_FILE} has no known verdict"
         elif not all(_names_by_digest(record.get(role)) for role in ("victim", "suspect")):
@@ -93,8 +137,9 @@ def _findings_consistency(folder: Path, result: VerificationResult) -> None:
         "findings consistency",
         problem is None,
         problem
-        or "a canonical findings record, version 2, whose verdict and p-values follow from its "
-        "recorded scores, reference scores and decision rule",
+        or f"a canonical findings record, version {record['format_version']}, whose verdict and "
+        "p-values follow from its recorded scores, reference scores, rank correlations and "
+        "decision rule",
     )
 
 
@@ -120,12 +165,18 @@ def _verdict_problem(record: dict[str, Any]) -> str | None:
             [a["score"] for a in aligned],
             [(r["score"], r["block_scores"]) for r in record["references"]],
         )
+        units = None
+        if record["format_version"] >= 3:
+            units = UnitsOutcome.from_record(record["units_test"])
+            problem = units_record_problem(record["units_test"])
+            if problem:
+                return f"{FINDINGS_FILE}: {problem}"
     except (KeyError, TypeError, ValueError) as exc:
         return f"{FINDINGS_FILE} lacks the numbers its verdict rests on ({first_line(exc)})"
-    verdict, _ = decide(calibration, rule, blocks)
+    verdict, _ = decide(calibration, rule, blocks, units)
     if verdict != record["verdict"]:
         return f"{FINDINGS_FILE} says {record['verdict']!r}, but its own numbers and rule give {verdict!r}"
-    for field, value in calibration_record(calibration, blocks).items():
+    for field, value in calibration_record(calibration, blocks, units).items():
         if Differences(rel_tol=1e-9, abs_tol=1e-300).compare(record.get(field), value):
             return f"{FINDINGS_FILE}: {field} {record.get(field)!r} does not follow from the recorded scores"
     return None
@@ -142,6 +193,24 @@ def _only_these_files(folder: Path, expected: set[str], result: VerificationResu
         if not others
         else "unexpected entries: " + ", ".join(others),
     )
+
+
+def signature_kind(path: str | os.PathLike[str]) -> str | None:
+    """How a directory is signed: ``"certificate"`` (its bundle carries a certificate chain, so
+    ``verify --trust CA`` can check it), ``"key"`` (a bare key: only ``verify --key`` can), or
+    None (no bundle, or one that cannot be read). Reads the bundle only; verifies nothing."""
+    bundle_path = Path(path) / SIGNATURE_NAME
+    try:
+        if bundle_path.is_symlink() or bundle_path.stat().st_size > MAX_BUNDLE_BYTES:
+            return None
+        material = parse_json(bundle_path.read_bytes())["verificationMaterial"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(material, dict) and "x509CertificateChain" in material:
+        return "certificate"
+    if isinstance(material, dict) and "publicKey" in material:
+        return "key"
+    return None
 
 
 def sign_evidence(path: str | os.PathLike[str], signer: Signer) -> Path:

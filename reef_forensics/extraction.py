@@ -30,7 +30,9 @@ import torch
 from numpy.typing import NDArray
 
 from .errors import ExtractionError, first_line
+from .mlp_units import UnitCapture
 from .models import LoadedModel
+from .native import tokenize
 
 Pooling = Literal["last", "mean"]
 PaddingSide = Literal["right", "left"]
@@ -62,6 +64,8 @@ class TokenizedProbes:
 class PooledBatch:
     indices: NDArray[np.int64]  # original probe positions of the rows
     layers: list[NDArray[np.float32]]  # one (batch, hidden) float32 array per hidden state kept
+    #: with a `UnitCapture`: block -> its MLP units' two pooled views, each (batch, units)
+    units: dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]] | None = None
 
 
 def num_blocks(loaded: LoadedModel) -> int:
@@ -116,8 +120,9 @@ def tokenize_probes(tokenizer: Any, texts: Sequence[str], max_length: int) -> To
     """Tokenize every text once (special tokens included); refuse texts with no real token."""
     if max_length < 2:
         raise ExtractionError(f"--max-length must be at least 2, got {max_length}")
-    encoded = tokenizer(
-        list(texts),
+    encoded = tokenize(  # a crash or a stall of a hostile tokenizer is refused
+        tokenizer,
+        texts,
         add_special_tokens=True,
         truncation=False,
         padding=False,
@@ -177,11 +182,13 @@ def iter_pooled(
     device: str | None = None,
     layers: str | Sequence[int] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    units: UnitCapture | None = None,
 ) -> Iterator[PooledBatch]:
     """Run the model over length-sorted batches and yield each batch's pooled hidden states.
 
     ``device`` is where the inputs go (default: the model's own input device). ``layers`` keeps
-    only those hidden states, in ascending order (`parse_layers`); None keeps all.
+    only those hidden states, in ascending order (`parse_layers`); None keeps all. With
+    ``units``, each batch also carries the captured blocks' MLP units, pooled the same way.
     """
     if pooling not in POOLINGS:
         raise ExtractionError(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -199,31 +206,41 @@ def iter_pooled(
     if positions_from_ids:
         # RoBERTa-style models number positions from the pad token; they need that exact id.
         pad_id = int(model.config.pad_token_id)
-    for batch in length_sorted_batches(tokens.lengths, batch_size):
-        input_ids, mask = _pad([tokens.input_ids[i] for i in batch], pad_id, padding_side)
-        inputs: dict[str, Any] = {
-            "input_ids": input_ids.to(device),
-            "attention_mask": mask.to(device),
-            "return_dict": True,
-        }
-        if padding_side == "left" and "position_ids" in accepted and not positions_from_ids:
-            inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
-        if "use_cache" in accepted:
-            inputs["use_cache"] = False
-        with torch.inference_mode():
-            if blocks is not None and selection is not None:
-                pooled = _pool_selected(model, inputs, mask, pooling, selection, blocks)
-            else:
-                pooled = _pool_all(loaded, inputs, mask, pooling, selection)
-        for array in pooled:
-            if not np.isfinite(array).all():
-                raise ExtractionError(
-                    f"{loaded.source.path}: the model produced NaN or infinite activations "
-                    "(corrupt weights, or try --dtype float32)"
-                )
-        yield PooledBatch(indices=batch, layers=pooled)
-        if on_batch is not None:
-            on_batch(len(batch))
+    if units is not None:
+        units.attach(lambda hidden, mask: _pool(hidden, mask, pooling))
+    try:
+        for batch in length_sorted_batches(tokens.lengths, batch_size):
+            input_ids, mask = _pad([tokens.input_ids[i] for i in batch], pad_id, padding_side)
+            inputs: dict[str, Any] = {
+                "input_ids": input_ids.to(device),
+                "attention_mask": mask.to(device),
+                "return_dict": True,
+            }
+            if padding_side == "left" and "position_ids" in accepted and not positions_from_ids:
+                inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+            if "use_cache" in accepted:
+                inputs["use_cache"] = False
+            if units is not None:
+                units.begin(mask)
+            with torch.inference_mode():
+                if blocks is not None and selection is not None:
+                    pooled = _pool_selected(model, inputs, mask, pooling, selection, blocks)
+                else:
+                    pooled = _pool_all(loaded, inputs, mask, pooling, selection)
+            for array in pooled:
+                if not np.isfinite(array).all():
+                    raise ExtractionError(
+                        f"{loaded.source.path}: the model produced NaN or infinite activations "
+                        "(corrupt weights, or try --dtype float32)"
+                    )
+            yield PooledBatch(
+                indices=batch, layers=pooled, units=units.take() if units is not None else None
+            )
+            if on_batch is not None:
+                on_batch(len(batch))
+    finally:
+        if units is not None:
+            units.detach()
 
 
 def _forward(model: Any, inputs: dict[str, Any]) -> Any:

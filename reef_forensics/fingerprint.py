@@ -6,6 +6,11 @@
       fingerprint.json             canonical JSON (RFC 8785) manifest, see docs/formats.md
       representations.safetensors  one float32 tensor per layer, n x d, in probe order
       probes.jsonl                 the exact probe texts, in order, one {"text": ...} a line
+      units.safetensors            (format 2) each block's MLP units in two views, float16,
+                                   the first s probe texts x units (see mlp_units.py)
+
+Format 2 adds the units file (or, when a model's MLPs cannot be captured, the reason in the
+manifest's ``units.skipped``); format 1 fingerprints are still read, and hold no units.
 
 `read_fingerprint` checks everything it can without a signature: the manifest is canonical and
 of a known version, both files hash to the digests the manifest records, the texts hash to the
@@ -41,12 +46,23 @@ if TYPE_CHECKING:
     from .keys import Signer
 
 FORMAT = "reef-fingerprint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "fingerprint.json"
 REPRESENTATIONS = "representations.safetensors"
 PROBES = "probes.jsonl"
-FILES = (MANIFEST, REPRESENTATIONS, PROBES)
+UNITS = "units.safetensors"
+FILES = (MANIFEST, REPRESENTATIONS, PROBES, UNITS)  # every name a fingerprint may hold
 EMBEDDINGS_LAYER = "embeddings"
+UNIT_VIEWS = ("a", "b")
+#: Probe texts whose MLP units are stored: the first ones, in probe order.
+DEFAULT_UNIT_SAMPLES = 256
+_FLOAT16_MAX = 65504.0
+
+
+def unit_tensor(block: str, view: str) -> str:
+    """The name of a block's view in units.safetensors: ``block_3.a``."""
+    return f"{block}.{view}"
 
 
 def layer_names(num_hidden_states: int) -> list[str]:
@@ -67,6 +83,18 @@ class Fingerprint:
     manifest: dict[str, Any]
     texts: tuple[str, ...]
     _header: Header
+    _units_header: Header | None = None
+    #: With `read_fingerprint(snapshot=True)`: every file's bytes, read once; tensors come from
+    #: these, never from the disk again.
+    _files: dict[str, bytes] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def _bytes(self, name: str) -> bytes | None:
+        return None if self._files is None else self._files[name]
+
+    @property
+    def snapshot(self) -> dict[str, bytes] | None:
+        """Every file's bytes, by name, as read once by ``read_fingerprint(snapshot=True)``."""
+        return self._files
 
     @property
     def digest(self) -> str:
@@ -123,7 +151,9 @@ class Fingerprint:
             raise FingerprintError(
                 f"{self.path}: no layer {name!r} (layers: {', '.join(self.layers)})"
             )
-        values = read_tensor(self.path / REPRESENTATIONS, self._header.tensors[name])
+        values = read_tensor(
+            self.path / REPRESENTATIONS, self._header.tensors[name], self._bytes(REPRESENTATIONS)
+        )
         if not np.isfinite(values).all():
             raise FingerprintError(f"{self.path}: layer {name!r} holds NaN or infinite values")
         return values
@@ -132,23 +162,82 @@ class Fingerprint:
         for name in self.layers:
             yield name, self.layer(name)
 
+    @property
+    def format_version(self) -> int:
+        return int(self.manifest["format_version"])
 
-def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
-    """Open a fingerprint directory and check its integrity; raise `FingerprintError` if unsound."""
+    @property
+    def units(self) -> dict[str, Any] | None:
+        """The manifest's description of the stored MLP units, or None when there are none."""
+        units = self.manifest.get("units")
+        return units if isinstance(units, dict) and "blocks" in units else None
+
+    @property
+    def units_skipped(self) -> str | None:
+        """Why this fingerprint holds no MLP units (None when it holds them)."""
+        if self.format_version < 2:
+            return (
+                "the fingerprint is of format 1, made before MLP units were recorded: "
+                "fingerprint the model again with this version"
+            )
+        if self.units is None:
+            return str(self.manifest["units"]["skipped"])
+        return None
+
+    @property
+    def unit_blocks(self) -> dict[str, int]:
+        """Block name -> number of MLP units stored for it (empty when none are)."""
+        units = self.units
+        return {} if units is None else {b["name"]: int(b["units"]) for b in units["blocks"]}
+
+    def unit_views(self, block: str) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """A block's two views of its MLP units: (samples x units) float32 each."""
+        if self._units_header is None or block not in self.unit_blocks:
+            raise FingerprintError(f"{self.path}: no MLP units recorded for {block!r}")
+        views = []
+        for view in UNIT_VIEWS:
+            values = read_tensor(
+                self.path / UNITS,
+                self._units_header.tensors[unit_tensor(block, view)],
+                self._bytes(UNITS),
+            )
+            values = values.astype(np.float32)
+            if not np.isfinite(values).all():
+                raise FingerprintError(
+                    f"{self.path}: units of {block!r} hold NaN or infinite values"
+                )
+            views.append(values)
+        return views[0], views[1]
+
+
+def read_fingerprint(path: str | os.PathLike[str], *, snapshot: bool = False) -> Fingerprint:
+    """Open a fingerprint directory and check its integrity; raise `FingerprintError` if unsound.
+
+    With ``snapshot``, each file the manifest lists (and the manifest) is read into memory once:
+    its digest is taken of those bytes, and the texts, the headers and every tensor come from them
+    too, so that a file changed on disk afterwards changes nothing computed (``verify
+    --evidence`` checks the signature against the same bytes: `evidence.verify_fingerprint_snapshot`).
+    Symbolic links are refused then. Without it, tensors are read from disk when asked for."""
     folder = Path(path)
+    source = _Source(folder, snapshot)
     if not folder.is_dir():
         raise FingerprintError(f"fingerprint not found: {folder} is not a directory")
-    for name in FILES:
+    for name in (MANIFEST, REPRESENTATIONS, PROBES):
         if not (folder / name).is_file():
             raise FingerprintError(f"{folder} is not a complete fingerprint: {name} is missing")
-    manifest = _read_manifest(folder / MANIFEST)
+    manifest = _read_manifest(folder / MANIFEST, source.read(MANIFEST))
     recorded = manifest["files"]
-    for name in (REPRESENTATIONS, PROBES):
-        if sha256_file(folder / name) != recorded.get(name):
+    data_files = [REPRESENTATIONS, PROBES] + ([UNITS] if UNITS in recorded else [])
+    if set(recorded) != set(data_files):
+        raise FingerprintError(f"{folder}: {MANIFEST} records other files than a fingerprint holds")
+    for name in data_files:
+        if not (folder / name).is_file():
+            raise FingerprintError(f"{folder} is not a complete fingerprint: {name} is missing")
+        if source.digest(name) != recorded.get(name):
             raise FingerprintError(
                 f"{folder}: {name} does not match the digest in {MANIFEST} (modified after it was made)"
             )
-    texts = tuple(_read_texts(folder / PROBES))
+    texts = tuple(_read_texts(folder / PROBES, source.read(PROBES)))
     if (
         len(texts) != manifest["probes"]["count"]
         or texts_digest(texts) != manifest["probes"]["digest"]
@@ -157,7 +246,7 @@ def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
             f"{folder}: {PROBES} does not match the probe digest and count in {MANIFEST}"
         )
     try:
-        header = read_header(folder / REPRESENTATIONS)
+        header = read_header(folder / REPRESENTATIONS, source.read(REPRESENTATIONS))
     except Exception as exc:
         raise FingerprintError(str(exc)) from None
     layers = manifest["representations"]["layers"]
@@ -170,21 +259,88 @@ def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
                 f"{folder}: layer {layer['name']!r} is {entry.dtype} {list(entry.shape)}, "
                 f"expected F32 [{len(texts)}, {layer['dim']}]"
             )
-    return Fingerprint(path=folder, manifest=manifest, texts=texts, _header=header)
+    units_header = (
+        _read_units_header(folder, manifest, len(texts), source.read(UNITS))
+        if UNITS in recorded
+        else None
+    )
+    return Fingerprint(
+        path=folder,
+        manifest=manifest,
+        texts=texts,
+        _header=header,
+        _units_header=units_header,
+        _files=source.files,
+    )
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    raw = path.read_bytes()
+class _Source:
+    """Where `read_fingerprint` takes a file's bytes from: the disk at each use, or (snapshot)
+    memory, each file read once, the first time it is asked for."""
+
+    def __init__(self, folder: Path, snapshot: bool) -> None:
+        self.folder = folder
+        self.files: dict[str, bytes] | None = {} if snapshot else None
+
+    def read(self, name: str) -> bytes | None:
+        """The file's bytes from the snapshot (read now if not yet), or None without one."""
+        if self.files is None:
+            return None
+        if name not in self.files:
+            path = self.folder / name
+            if path.is_symlink():
+                raise FingerprintError(f"{path} is a symbolic link: a fingerprint holds only files")
+            self.files[name] = path.read_bytes()
+        return self.files[name]
+
+    def digest(self, name: str) -> str:
+        data = self.read(name)
+        return sha256_file(self.folder / name) if data is None else sha256_bytes(data)
+
+
+def _read_units_header(
+    folder: Path, manifest: dict[str, Any], count: int, data: bytes | None = None
+) -> Header:
+    """units.safetensors: exactly the declared blocks' two views, F16 [samples, units]."""
+    units = manifest.get("units")
+    if not isinstance(units, dict) or "blocks" not in units:
+        raise FingerprintError(f"{folder}: {UNITS} is present but {MANIFEST} describes no units")
+    try:
+        header = read_header(folder / UNITS, data)
+    except Exception as exc:
+        raise FingerprintError(str(exc)) from None
+    samples = units["samples"]
+    expected = {
+        unit_tensor(block["name"], view): (samples, block["units"])
+        for block in units["blocks"]
+        for view in UNIT_VIEWS
+    }
+    if set(header.tensors) != set(expected):
+        raise FingerprintError(f"{folder}: the tensors in {UNITS} differ from {MANIFEST}")
+    for name, shape in expected.items():
+        entry = header.tensors[name]
+        if entry.dtype != "F16" or entry.shape != shape:
+            raise FingerprintError(
+                f"{folder}: units {name!r} are {entry.dtype} {list(entry.shape)}, "
+                f"expected F16 {list(shape)}"
+            )
+    if not 1 <= samples <= count:
+        raise FingerprintError(f"{folder}: {MANIFEST} records units for {samples} of {count} texts")
+    return header
+
+
+def _read_manifest(path: Path, raw: bytes | None = None) -> dict[str, Any]:
+    raw = path.read_bytes() if raw is None else raw
     try:
         manifest = parse_json(raw)
     except ValueError:
         raise FingerprintError(f"{path} is not valid JSON") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FingerprintError(f"{path} is not a reef-forensics fingerprint manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise FingerprintError(
             f"{path}: format version {manifest.get('format_version')!r} is not supported "
-            f"(this tool reads version {FORMAT_VERSION})"
+            f"(this tool reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     if not _is_canonical(manifest, raw):
         raise FingerprintError(f"{path} is not in canonical form (edited by hand?)")
@@ -244,6 +400,38 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
         or [layer_name(i) for i in chosen] != names
     ):
         return "records a layer selection (extraction.layers) that does not match its layers"
+    if manifest["format_version"] >= 2:
+        return _units_problem(manifest["units"], names)
+    if "units" in manifest:
+        return "is of format 1 but records MLP units"
+    return None
+
+
+def _units_problem(units: Any, layers: list[str]) -> str | None:
+    """What is wrong with a format 2 manifest's ``units`` (KeyError/TypeError when missing)."""
+    if not isinstance(units, dict):
+        return "has a units entry that is not an object"
+    if "blocks" not in units:
+        return (
+            None
+            if isinstance(units.get("skipped"), str)
+            else "says neither which MLP units it holds nor why none"
+        )
+    blocks = units["blocks"]
+    if not (
+        isinstance(units["kind"], str)
+        and isinstance(units["samples"], int)
+        and not isinstance(units["samples"], bool)
+        and isinstance(blocks, list)
+        and blocks
+        and all(isinstance(b["name"], str) and b["name"] in layers for b in blocks)
+        and all(
+            isinstance(b["units"], int) and not isinstance(b["units"], bool) and b["units"] >= 1
+            for b in blocks
+        )
+        and len({b["name"] for b in blocks}) == len(blocks)
+    ):
+        return "describes its MLP units with missing or malformed fields"
     return None
 
 
@@ -265,10 +453,10 @@ def _selection_words(fingerprint: Fingerprint) -> str:
     return "only layers " + ",".join(str(i) for i in chosen)
 
 
-def _read_texts(path: Path) -> list[str]:
+def _read_texts(path: Path, raw: bytes | None = None) -> list[str]:
     texts = []
     try:
-        lines = split_lines(path.read_bytes().decode("utf-8"))
+        lines = split_lines((path.read_bytes() if raw is None else raw).decode("utf-8"))
     except UnicodeDecodeError:
         raise FingerprintError(f"{path} is not UTF-8 text") from None
     for number, line in enumerate(lines, start=1):
@@ -310,14 +498,17 @@ class FingerprintWriter:
         self.staging.chmod(0o755)  # mkdtemp makes it private; evidence is meant to be read
         self._stream: StreamWriter | None = None
         self._layers: list[dict[str, Any]] = []
+        self._units_stream: StreamWriter | None = None
+        self._units: dict[str, Any] = {"skipped": "no MLP units were captured"}
 
     def __enter__(self) -> FingerprintWriter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        for stream in (self._stream, self._units_stream):
+            if stream is not None:
+                stream.close()
+        self._stream = self._units_stream = None
         if self.staging.exists():
             shutil.rmtree(self.staging, ignore_errors=True)
 
@@ -334,6 +525,49 @@ class FingerprintWriter:
     def started(self) -> bool:
         return self._stream is not None
 
+    def start_units(
+        self, kind: str, views: Sequence[str], blocks: Sequence[tuple[str, int]], samples: int
+    ) -> None:
+        """Declare the MLP units to store: ``blocks`` (name, units), for the first ``samples``
+        probe texts; allocates units.safetensors (float16)."""
+        self._units = {
+            "kind": kind,
+            "views": list(views),
+            "samples": samples,
+            "texts": f"the first {samples} probe texts, pooled like the representations",
+            "dtype": "float16",
+            "blocks": [{"name": name, "units": int(units)} for name, units in blocks],
+        }
+        self._units_stream = StreamWriter(
+            self.staging / UNITS,
+            [
+                (unit_tensor(name, view), (samples, int(units)))
+                for name, units in blocks
+                for view in UNIT_VIEWS
+            ],
+            metadata={"format": FORMAT},
+            dtype="F16",
+        )
+
+    def skip_units(self, reason: str) -> None:
+        """Record why no MLP units are stored (the neuron-matching test will say it)."""
+        self._units = {"skipped": reason}
+
+    def write_unit_rows(
+        self, indices: NDArray[np.int64], block: str, a: NDArray[np.float32], b: NDArray[np.float32]
+    ) -> None:
+        """Rows of one block's two views, for probe positions ``indices`` (those below the
+        declared number of samples are kept; values beyond float16's range are clipped)."""
+        assert self._units_stream is not None, "start_units() first"
+        keep = np.asarray(indices) < self._units["samples"]
+        if not keep.any():
+            return
+        for view, values in zip(UNIT_VIEWS, (a, b), strict=True):
+            clipped = np.clip(values[keep], -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16)
+            self._units_stream.write_rows(
+                unit_tensor(block, view), np.asarray(indices)[keep], clipped
+            )
+
     def write_rows(self, indices: NDArray[np.int64], layers: Sequence[NDArray[np.float32]]) -> None:
         assert self._stream is not None, "start() first"
         for layer, values in zip(self._layers, layers, strict=True):
@@ -347,6 +581,11 @@ class FingerprintWriter:
         assert self._stream is not None, "start() first"
         self._stream.close()
         self._stream = None
+        files = {}
+        if self._units_stream is not None:
+            self._units_stream.close()
+            self._units_stream = None
+            files[UNITS] = sha256_file(self.staging / UNITS)
         with open(self.staging / PROBES, "w", encoding="utf-8", newline="\n") as handle:
             for text in texts:
                 handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
@@ -355,9 +594,11 @@ class FingerprintWriter:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "representations": {"dtype": "float32", "layers": self._layers},
+            "units": self._units,
             "files": {
                 PROBES: sha256_file(self.staging / PROBES),
                 REPRESENTATIONS: sha256_file(self.staging / REPRESENTATIONS),
+                **files,
             },
         }
         (self.staging / MANIFEST).write_bytes(canonical_json(full))

@@ -31,6 +31,7 @@ from .extraction import (
     tokenize_probes,
 )
 from .fingerprint import (
+    DEFAULT_UNIT_SAMPLES,
     Fingerprint,
     FingerprintWriter,
     check_destination,
@@ -38,6 +39,7 @@ from .fingerprint import (
     layer_name,
     layer_names,
 )
+from .mlp_units import VIEWS, UnitCapture, UnitsUnsupported
 from .models import (
     LoadedModel,
     ModelDigest,
@@ -74,6 +76,7 @@ def fingerprint_model(
     layers: str | Sequence[int] | None = None,
     max_memory: str | Mapping[Any, Any] | None = None,
     offload_dir: str | os.PathLike[str] | None = None,
+    unit_samples: int = DEFAULT_UNIT_SAMPLES,
 ) -> Fingerprint:
     """Fingerprint the model at ``model`` (a Hugging Face folder or a GGUF file) into ``out``.
 
@@ -111,6 +114,7 @@ def fingerprint_model(
             progress=progress,
             signer=signer,
             layers=layers,
+            unit_samples=unit_samples,
         )
     finally:
         loaded.close()
@@ -132,16 +136,20 @@ def fingerprint_loaded(
     progress: bool = False,
     signer: Signer | None = None,
     layers: str | Sequence[int] | None = None,
+    unit_samples: int = DEFAULT_UNIT_SAMPLES,
 ) -> Fingerprint:
     """Extract a loaded model's representations of ``probes`` and write the fingerprint.
 
     ``device`` is where inputs go and what the manifest records (default: where `load_model`
     put the model). ``layers`` keeps only those hidden states (`parse_layers`); the manifest
-    then records them as ``extraction.layers``.
+    then records them as ``extraction.layers``. The MLP units of each block (of the selected
+    ones) are stored for the first ``unit_samples`` texts (0: none), for the neuron-matching
+    test.
     """
     chosen_pooling = pooling or default_pooling(loaded)
     selection = parse_layers(layers, num_blocks(loaded)) if layers is not None else None
     tokens = tokenize_probes(loaded.tokenizer, probes.texts, max_length)
+    capture, skipped = _unit_capture(loaded, selection, unit_samples)
     with (
         FingerprintWriter(out, overwrite=overwrite) as writer,
         tqdm(
@@ -161,6 +169,7 @@ def fingerprint_loaded(
             device=device or loaded.device,
             layers=selection,
             on_batch=bar.update,
+            units=capture,
         ):
             if not writer.started:
                 names = (
@@ -169,7 +178,20 @@ def fingerprint_loaded(
                     else [layer_name(i) for i in selection]
                 )
                 writer.start(names, [a.shape[1] for a in batch.layers], len(probes))
+                if capture is not None:
+                    writer.start_units(
+                        capture.kind,
+                        VIEWS[capture.kind],
+                        [(layer_name(block), units) for block, units in capture.blocks],
+                        min(unit_samples, len(probes)),
+                    )
             writer.write_rows(batch.indices, batch.layers)
+            for block, (a, b) in (batch.units or {}).items():
+                writer.write_unit_rows(batch.indices, layer_name(block), a, b)
+        if capture is not None and capture.failure is not None:
+            skipped = capture.failure
+        if skipped is not None:
+            writer.skip_units(skipped)
         extraction: dict[str, Any] = {
             "pooling": chosen_pooling,
             "padding_side": padding_side,
@@ -183,6 +205,21 @@ def fingerprint_loaded(
             extraction["layers"] = list(selection)
         manifest = _manifest(loaded, digest, probes, extraction=extraction)
         return writer.commit(probes.texts, manifest, signer=signer)
+
+
+def _unit_capture(
+    loaded: LoadedModel, selection: tuple[int, ...] | None, unit_samples: int
+) -> tuple[UnitCapture | None, str | None]:
+    """Hooks for the MLP units of the blocks to fingerprint, or why there are none."""
+    if unit_samples < 1:
+        return None, "MLP units were not asked for (unit samples 0)"
+    blocks = None if selection is None else [i for i in selection if i > 0]
+    if blocks == []:
+        return None, "the layer selection holds no transformer block"
+    try:
+        return UnitCapture(loaded.model, blocks), None
+    except UnitsUnsupported as exc:
+        return None, f"the model's MLP units cannot be captured: {exc}"
 
 
 def _manifest(

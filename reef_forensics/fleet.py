@@ -61,6 +61,7 @@ class Screening:
     score: float | None
     p_value: float | None
     references: int
+    log10_p_value: float | None = None  # every test, corrected (findings version 3)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +70,7 @@ class Screening:
             "verdict": self.verdict,
             "score": self.score,
             "p_value": self.p_value,
+            "log10_p_value": self.log10_p_value,
             "references": self.references,
         }
 
@@ -335,6 +337,7 @@ def _collect(
                 outcome["score"],
                 outcome["p_value"],
                 outcome["references"],
+                outcome["log10_p_value"],
             )
         )
     for label in plan.suspects:
@@ -499,5 +502,6 @@ def _screen(
         "verdict": record["verdict"],
         "score": record["score"],
         "p_value": record["p_value"],
+        "log10_p_value": record.get("log10_p_value"),
         "references": record["panel_size"],
     }

@@ -4,10 +4,17 @@ A GGUF file is ``GGUF``, a version, a tensor count and a metadata count, the met
 (key, type, value; arrays of any type, nested or not), one info record per tensor (name,
 dimensions, type, offset into the data section), padding to the alignment, then the data.
 `gguf.GGUFReader`, which transformers uses, trusts every count it reads: one numpy view per
-array element (about 700 bytes of memory per byte of a hostile ``uint8`` array) and no check that
-tensors lie inside the file or apart from each other. `read_gguf_header` walks the header
-streaming, checks every count, length, dimension and offset against the real file size and a
-few generous caps, and allocates nothing in proportion to what the file declares.
+array element (about 1 KB of memory per item of a hostile array, 1.8 KB per empty string: 3.7 GB
+for a 16 MB file of 2 million empty strings) and no check that tensors lie inside the file or
+apart from each other. `read_gguf_header` walks the header streaming, checks every count, length,
+dimension and offset against the real file size and a few generous caps, and allocates nothing in
+proportion to what the file declares.
+
+Metadata is capped three ways: `MAX_METADATA_BYTES` in all, `MAX_ARRAY_ITEMS` array items in all,
+and array items in proportion to the tensor data (`FREE_ARRAY_ITEMS` plus one per
+`TENSOR_BYTES_PER_ITEM` bytes): a real tokenizer's arrays (tokens, scores, types, merges: four
+to five items per vocabulary entry) come with an embedding of at least hundreds of bytes per
+entry, where a file made to exhaust the reader's memory has its items and nothing else.
 """
 
 from __future__ import annotations
@@ -27,6 +34,14 @@ MAX_METADATA = 1 << 16
 #: Array elements over all metadata: twice the largest tokenizer's tokens, scores, types and
 #: merges together (a 262k vocabulary gives about 800k).
 MAX_ARRAY_ITEMS = 1 << 21
+#: Array items any file may hold (70 to 120 MB in gguf's reader), and the tensor data each
+#: further item needs: a 262k-token vocabulary (786k items) needs 46 MB of tensors, where the
+#: embedding alone of the smallest such model (Gemma 3 270M, hidden size 640) takes 94 MB at
+#: 4.5 bits per value.
+FREE_ARRAY_ITEMS = 1 << 16
+TENSOR_BYTES_PER_ITEM = 64
+#: All metadata together: several times the largest tokenizer's (about 10 MB).
+MAX_METADATA_BYTES = 64 << 20
 MAX_ARRAY_DEPTH = 4
 MAX_NAME = 1 << 16
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -147,7 +162,21 @@ def _read(cursor: _Cursor) -> GgufHeader:
     data_start = cursor.position + (-cursor.position % alignment)
     tensors = tuple(_place(path, info, data_start, alignment, cursor.size) for info in infos)
     _check_names_and_overlaps(path, tensors)
+    _check_items_against_tensors(cursor, tensors)
     return GgufHeader(version, tuple(keys), scalars, tensors, alignment, data_start)
+
+
+def _check_items_against_tensors(cursor: _Cursor, tensors: tuple[GgufTensor, ...]) -> None:
+    tensor_bytes = sum(t.end - t.begin for t in tensors)
+    allowed = FREE_ARRAY_ITEMS + tensor_bytes // TENSOR_BYTES_PER_ITEM
+    if cursor.array_items > allowed:
+        raise bad_gguf(
+            cursor.path,
+            f"its metadata arrays hold {cursor.array_items} items, more than its {tensor_bytes} "
+            f"bytes of tensor data allow ({allowed}: {FREE_ARRAY_ITEMS} and one per "
+            f"{TENSOR_BYTES_PER_ITEM} bytes); gguf's reader would take about 1 KB of memory "
+            "per item",
+        )
 
 
 def _check_count(cursor: _Cursor, count: int, cap: int, least_bytes: int, what: str) -> None:
@@ -167,6 +196,7 @@ def _read_metadata(
     seen: set[str] = set()
     scalars: dict[str, int | float | bool] = {}
     alignment = DEFAULT_ALIGNMENT
+    start = cursor.position
     for _ in range(count):
         key = cursor.text("a metadata key")
         if key in seen:
@@ -180,6 +210,8 @@ def _read_metadata(
             scalars[key] = cursor.scalar(kind, f"the value of {key!r}")
         else:
             _skip_value(cursor, kind, key, depth=0)
+        if cursor.position - start > MAX_METADATA_BYTES:
+            raise bad_gguf(cursor.path, f"its metadata takes more than {MAX_METADATA_BYTES} bytes")
     return keys, scalars, alignment
 
 

@@ -90,6 +90,45 @@ def read_passphrase(passphrase_file: str | os.PathLike[str] | None = None) -> by
     return value.encode("utf-8") if value else None
 
 
+def forget_passphrase() -> None:
+    """Drop ``REEF_KEY_PASSPHRASE`` once it has been read: from ``os.environ`` (no child process
+    inherits it) and, on Linux, from the environment block the process started with, which is
+    what ``/proc/PID/environ`` shows to the user's other processes and root for the life of the
+    process (``os.environ.pop`` leaves that block as it was). Its entry there is overwritten with
+    zero bytes. Elsewhere (no ``/proc``) only the first step applies."""
+    os.environ.pop(PASSPHRASE_ENV, None)
+    wipe_initial_environment(PASSPHRASE_ENV)
+
+
+def wipe_initial_environment(name: str) -> bool:
+    """Overwrite every ``name=...`` entry of this process's initial environment block (Linux:
+    the addresses ``/proc/self/stat`` gives, the bytes ``/proc/self/environ`` reads) with zero
+    bytes. Touches memory only where it holds exactly the bytes ``/proc`` says it does. True
+    when no such entry is left there; False where there is no ``/proc`` to say."""
+    import ctypes
+
+    prefix = name.encode() + b"="
+    try:
+        stat_line = Path("/proc/self/stat").read_bytes()
+        fields = stat_line[stat_line.rindex(b")") + 2 :].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end (proc(5))
+        block = Path("/proc/self/environ").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return False
+    if len(block) != end - start:
+        return False
+    offset = 0
+    for entry in block.split(b"\0"):
+        if entry.startswith(prefix) and ctypes.string_at(start + offset, len(entry)) == entry:
+            ctypes.memset(start + offset, 0, len(entry))
+        offset += len(entry) + 1
+    try:
+        left = Path("/proc/self/environ").read_bytes()
+    except OSError:
+        return False
+    return not any(entry.startswith(prefix) for entry in left.split(b"\0"))
+
+
 def _check_ec_p256(key: object, where: str) -> None:
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
         if isinstance(key.curve, ec.SECP256R1):

@@ -16,6 +16,7 @@ each may hold), so a model larger than any one device's memory can still be fing
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import re
@@ -30,9 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .digests import sha256_file, sha256_json
-from .errors import BadInputError, ModelLoadError, first_line
+from .errors import BadInputError, ModelLoadError, TokenizerError, first_line
 from .files import parse_json
 from .gguf_file import read_gguf_header
+from .native import native_calls
 from .safetensors_file import read_header
 
 if TYPE_CHECKING:
@@ -85,6 +87,18 @@ _UNITS = {
 }
 ModelKind = Literal["hf-directory", "gguf"]
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+#: More layers than any released model has (the deepest have about 130). Building even an empty
+#: (meta-device) model costs about 35 KB of memory and 2 ms per layer, so a config declaring
+#: 10,000 is refused before anything is built.
+MAX_LAYERS = 1024
+#: Config keys that count layers (``num_hidden_layers``, ``n_layer``, ``encoder_layers``, ...),
+#: at any depth of config.json; GGUF metadata keys ending in ``block_count``.
+_LAYER_KEY = re.compile(r"(?:^|_)layers$|^n_layer$")
+#: Values buffers (rotary tables, position ids) may hold beyond the values in the weight files.
+BUFFER_ALLOWANCE = 1 << 24
+#: A quantized checkpoint stores up to eight 4-bit values in one int32: its tensors hold fewer
+#: values than the architecture has.
+QUANTIZED_PACKING = 8
 
 
 def _is_digested(name: str) -> bool:
@@ -111,6 +125,9 @@ class ModelSource:
     uses_pickle: bool = False
     config: dict[str, Any] = field(default_factory=dict)
     gguf_add_bos: bool = False  # a GGUF file's tokenizer.ggml.add_bos_token, from its header
+    #: every tensor of the weight files and its shape, from their checked headers (empty for
+    #: pickle weights, which are not read before loading)
+    tensor_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -187,12 +204,17 @@ def resolve_model(
     pickles = sorted(p for p in model_path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if safetensors:
         _check_shards(model_path, safetensors)
+        shapes: dict[str, tuple[int, ...]] = {}
         for weight_file in safetensors:
             try:
-                read_header(weight_file)
+                header = read_header(weight_file)
             except BadInputError as exc:
                 raise ModelLoadError(str(exc)) from None
-        return ModelSource(model_path, "hf-directory", tuple(safetensors), False, config)
+            shapes.update((name, entry.shape) for name, entry in header.tensors.items())
+        _check_layer_count(config_path, _declared_layers(config), len(shapes))
+        return ModelSource(
+            model_path, "hf-directory", tuple(safetensors), False, config, tensor_shapes=shapes
+        )
     if not pickles:
         raise ModelLoadError(f"{model_path} has no weight files (*.safetensors)")
     if not allow_pickle:
@@ -201,6 +223,7 @@ def resolve_model(
             f"{model_path} holds only pickle weights ({names}), which can run code when loaded: "
             f"convert them to safetensors{ALLOW_PICKLE_HINT}"
         )
+    _check_layer_count(config_path, _declared_layers(config), None)
     return ModelSource(model_path, "hf-directory", tuple(pickles), True, config)
 
 
@@ -213,7 +236,46 @@ def _gguf_source(path: Path) -> ModelSource:
     except BadInputError as exc:
         raise ModelLoadError(str(exc)) from None
     add_bos = bool(header.scalars.get("tokenizer.ggml.add_bos_token", False))
-    return ModelSource(path, "gguf", (path,), gguf_add_bos=add_bos)
+    layers = sum(
+        value
+        for key, value in header.scalars.items()
+        if key.endswith("block_count") and _is_count(value)
+    )
+    _check_layer_count(path, int(layers), len(header.tensors))
+    shapes = {tensor.name: tensor.shape for tensor in header.tensors}
+    return ModelSource(path, "gguf", (path,), gguf_add_bos=add_bos, tensor_shapes=shapes)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _declared_layers(config: Mapping[str, Any], depth: int = 0) -> int:
+    """The layers a config.json declares: its layer counts summed over every level (a
+    vision-language model's ``text_config`` and ``vision_config``, an encoder's and a decoder's)."""
+    total = 0
+    for key, value in config.items():
+        if isinstance(value, Mapping) and depth < 8:
+            total += _declared_layers(value, depth + 1)
+        elif _LAYER_KEY.search(str(key)) and _is_count(value):
+            total += int(value)
+    return total
+
+
+def _check_layer_count(where: Path, layers: int, tensors: int | None) -> None:
+    """Refuse a config that declares more layers than any model has, or than its weight files
+    have tensors (every layer has weights of its own), before transformers builds anything: a
+    config's own constructor can allocate per layer (``layer_types`` lists)."""
+    if layers > MAX_LAYERS:
+        raise ModelLoadError(
+            f"{where} declares {layers} layers, more than {MAX_LAYERS} (the deepest released "
+            "models have about 130); refused before anything is built"
+        )
+    if tensors is not None and layers > tensors:
+        raise ModelLoadError(
+            f"{where} declares {layers} layers, but the weights hold only {tensors} tensor(s): "
+            "the weights lack most of the architecture; refused before anything is built"
+        )
 
 
 def _read_config(config_path: Path) -> dict[str, Any]:
@@ -327,8 +389,13 @@ def load_model(
         location, extra = str(source.folder), {"gguf_file": source.path.name}
     else:
         location, extra = str(source.path), {"use_safetensors": not source.uses_pickle}
+    if not source.uses_pickle:  # pickle weights cannot be looked at before they are loaded
+        check_weights_fill_architecture(source, trust_remote_code=trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **common, **extra)
+        with native_calls(f"the tokenizer of {source.path}"):
+            tokenizer = AutoTokenizer.from_pretrained(location, **common, **extra)
+    except TokenizerError:
+        raise
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load the tokenizer of {source.path}: {first_line(exc)}"
@@ -350,11 +417,7 @@ def load_model(
     if source.kind == "gguf":
         _apply_gguf_bos(source, tokenizer)
     config = model.config
-    if getattr(config, "is_encoder_decoder", False):
-        raise ModelLoadError(
-            f"{source.path} is an encoder-decoder model ({config.model_type}); "
-            "only decoder-only and encoder-only models are supported"
-        )
+    _refuse_encoder_decoder(source, config)
     input_device, placement = _place(model, device)
     model.eval()
     return LoadedModel(
@@ -367,6 +430,103 @@ def load_model(
         placement=placement,
         _cleanup=cleanup,
     )
+
+
+def _refuse_encoder_decoder(source: ModelSource, config: Any) -> None:
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelLoadError(
+            f"{source.path} is an encoder-decoder model ({config.model_type}); "
+            "only decoder-only and encoder-only models are supported"
+        )
+
+
+def check_weights_fill_architecture(
+    source: ModelSource, *, trust_remote_code: bool = False
+) -> None:
+    """Refuse a model whose config implies more than its weight files hold, before anything is
+    allocated.
+
+    transformers builds the architecture the config describes and fills every parameter the
+    weights lack with random numbers: a 40-byte weight file beside a config of hidden size 2048
+    took 2.3 GB before `_load_weights` could refuse it, and a config of 10,000 layers beside
+    real weights 2.5 GB. Here the architecture is built on the meta device (shapes, no memory)
+    and compared with the tensors the checked headers list (`ModelSource.tensor_shapes`):
+
+    - a parameter whose name the weights hold (after the base model's prefix, ``model.``) must
+      hold the same number of values there;
+    - the parameters whose names the weights lack may not need more values than the weights'
+      tensors with names the architecture lacks hold (renamed or fused tensors keep their
+      values: ``gamma`` for ``weight``, one tensor per expert for a fused one; GGUF names never
+      match, so there the whole architecture is compared with the whole file); heads that do not
+      change the hidden states (`_OPTIONAL_WEIGHTS`) are not counted;
+    - buffers may hold at most `BUFFER_ALLOWANCE` values more than the weights.
+
+    A quantized checkpoint (``quantization_config``) may pack `QUANTIZED_PACKING` values into
+    one; its shapes are not compared. Memory is then bounded by what the files hold (four bytes
+    per value at float32), and `_load_weights` still checks each name after loading.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    gguf = {"gguf_file": source.path.name} if source.kind == "gguf" else {}
+    location = str(source.folder if source.kind == "gguf" else source.path)
+    try:
+        config = AutoConfig.from_pretrained(
+            location, local_files_only=True, trust_remote_code=trust_remote_code, **gguf
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot read the configuration of {source.path}: {first_line(exc)}"
+        ) from None
+    _refuse_encoder_decoder(source, config)
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            skeleton = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot build the architecture of {source.path}: {first_line(exc)}"
+        ) from None
+    quantized = getattr(config, "quantization_config", None) is not None
+    prefix = str(getattr(skeleton, "base_model_prefix", "") or "")
+    held = {
+        name.removeprefix(f"{prefix}.") if prefix else name: shape
+        for name, shape in source.tensor_shapes.items()
+    }
+    needed = {
+        name: tuple(parameter.shape)
+        for name, parameter in skeleton.named_parameters()
+        if not _OPTIONAL_WEIGHTS.match(name)
+    }
+    buffers = sum(buffer.numel() for buffer in skeleton.buffers())
+    del skeleton
+    for name, shape in needed.items():
+        if not quantized and name in held and math.prod(held[name]) != math.prod(shape):
+            raise ModelLoadError(
+                f"{source.path}: its configuration gives {name} the shape {_shape(shape)}, its "
+                f"weights {_shape(held[name])}: they do not belong together; refused before "
+                "anything is allocated"
+            )
+    missing = sorted(name for name in needed if name not in held)
+    lacking = sum(math.prod(needed[name]) for name in missing)
+    spare = sum(math.prod(shape) for name, shape in held.items() if name not in needed)
+    if lacking > spare * (QUANTIZED_PACKING if quantized else 1):
+        raise ModelLoadError(
+            f"{source.path}: the weights lack {len(missing)} of the architecture's parameters "
+            f"({lacking:,} values, where the weights hold {spare:,} under other names; first: "
+            f"{missing[0]}); transformers would fill them with random numbers, so the model is "
+            "refused before anything is allocated"
+        )
+    total = sum(math.prod(shape) for shape in held.values())
+    if buffers > total + BUFFER_ALLOWANCE:
+        raise ModelLoadError(
+            f"{source.path}: the configuration asks for buffers of {buffers:,} values, for "
+            f"weights of {total:,}; refused before anything is allocated"
+        )
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
 def _place(model: Any, device: str) -> tuple[str, str]:
@@ -527,10 +687,15 @@ def _load_weights(auto_class: Any, source: ModelSource, location: str, **options
     if source.uses_pickle:
         options["weights_only"] = True  # explicit: whatever transformers' default becomes
     try:
-        with warnings.catch_warnings():
+        with (
+            native_calls(f"loading the weights of {source.path}", ModelLoadError),
+            warnings.catch_warnings(),
+        ):
             # torch warns, over three lines, about pickle protocols its unpickler may not know
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             model, info = auto_class.from_pretrained(location, output_loading_info=True, **options)
+    except ModelLoadError:
+        raise
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(
             f"{source.path}: the pickle weights hold more than tensors, and torch's weights-only "

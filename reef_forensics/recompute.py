@@ -74,6 +74,7 @@ def recompute(
         rule=rule,
         resamples=int(method["resamples"]),
         seed=int(method.get("seed", 0)),
+        findings_version=int(record["format_version"]),
     ).as_json()
     expected = {k: v for k, v in record.items() if k not in NOT_MEASURED}
     computed = {k: v for k, v in again.items() if k not in NOT_MEASURED}

@@ -4,10 +4,15 @@ certification signature (pyHanko).
 - `load_evidence` reads a findings directory and refuses one whose signature or consistency
   fails (a report never vouches for what does not verify), with the victim's fingerprint
   manifest when it is given.
-- `render_html` fills the templates from the findings record only: every number printed comes
-  from the record, formatted by the filters below (`verify` re-applies them).
+- `render_html` fills the templates from signed data only: the findings record (every number
+  printed comes from it, formatted by the filters below), the victim's manifest, the signer's
+  certificate, and the report record (`report.json`: the case identifier, the software versions
+  and the PDF variant the report was made with). The report record is attached to the PDF, so
+  that `verify` re-renders every page from what the file carries and compares it with what the
+  file shows (`report_verification`, `report_content`), whatever software it runs on.
 - `render_pdf` is deterministic: the same evidence and signer give the same bytes (fixed PDF
-  identifier, dates from the findings, fixed attachment dates, deterministic SVG charts).
+  identifier, dates from the findings, fixed attachment dates and font timestamps,
+  deterministic SVG charts).
 - `sign_pdf` adds a certification signature that allows no later change (DocMDP level 1).
 - `write_report` does it all and writes the file atomically.
 """
@@ -15,23 +20,29 @@ certification signature (pyHanko).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
+import math
 import os
 import platform
-from dataclasses import dataclass
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, charts
+from . import charts
 from .analysis import FINDINGS_FILE, format_p
+from .digests import canonical_json
 from .errors import BadInputError, KeyMaterialError, SignatureError
 from .evidence import verify_evidence
 from .files import parse_json, write_atomic
 from .fingerprint import MANIFEST
 from .signing import SIGNATURE_NAME, TrustPolicy
+from .unit_matching import format_log10_p
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -43,9 +54,23 @@ ATTACHED_FINDINGS = "findings.json"
 ATTACHED_FINDINGS_SIGNATURE = "findings.model.sig"
 ATTACHED_VICTIM_MANIFEST = "victim-fingerprint.json"
 ATTACHED_VICTIM_SIGNATURE = "victim-fingerprint.model.sig"
+ATTACHED_REPORT_RECORD = "report.json"
 SIGNATURE_FIELD = "REEF-Certification"
 PDF_VARIANT = "pdf/a-4f"
 SOFTWARE = ("reef-forensics", "weasyprint", "pyhanko", "matplotlib", "jinja2", "cryptography")
+#: The software that draws the pages: a re-render with other versions may place things apart.
+RENDERERS = ("weasyprint", "matplotlib")
+REPORT_FORMAT = "reef-forensics report"
+#: Format 2 attaches the report record; format 1 (before it) is re-rendered from a record that
+#: `verify` reads off the report's own pages (`report_verification.legacy_report_record`).
+REPORT_FORMAT_VERSION = 2
+READABLE_REPORT_VERSIONS = (1, 2)
+_TEMPLATES_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|")
+#: What may be written in a report record: a case identifier is a label, not a sentence.
+CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/#-]{0,63}")
+_SOFTWARE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
+_SOFTWARE_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,39}|not installed")
+_PDF_VARIANT = re.compile(r"pdf/[a-z0-9.-]{1,16}")
 
 
 class ReportError(BadInputError):
@@ -54,14 +79,18 @@ class ReportError(BadInputError):
 
 @dataclass(frozen=True)
 class Evidence:
-    """What a report shows and carries: the findings (verified), and optionally the victim
-    fingerprint's manifest and its signature."""
+    """What a report shows and carries: the findings (verified), optionally the victim
+    fingerprint's manifest and its signature, and the report record (`report_record`) once the
+    report is rendered."""
 
     record: dict[str, Any]
     findings: bytes
     findings_signature: bytes
     victim_manifest: bytes | None = None
     victim_signature: bytes | None = None
+    report: bytes | None = None
+    #: False for a report of format 1, whose record is not attached but read off its pages.
+    report_attached: bool = True
 
     def attachments(self) -> dict[str, bytes]:
         files = {
@@ -72,6 +101,8 @@ class Evidence:
             files[ATTACHED_VICTIM_MANIFEST] = self.victim_manifest
         if self.victim_signature is not None:
             files[ATTACHED_VICTIM_SIGNATURE] = self.victim_signature
+        if self.report is not None and self.report_attached:
+            files[ATTACHED_REPORT_RECORD] = self.report
         return files
 
 
@@ -135,7 +166,15 @@ def fmt_p(value: Any) -> str:
 
 
 def fmt_odds(value: Any) -> str:
-    """A p-value as 'about 1 in N', for readers who do not read p-values."""
+    """A p-value as 'about 1 in N', for readers who do not read p-values; below 1 in 10^16 the
+    digits would run off the page (a p-value of 1e-200 has 200 of them), so it says so."""
+    if value is not None and 0 < float(value) < 1e-16:
+        return "less than 1 in 10^16"
+    return fmt_odds_v1(value)
+
+
+def fmt_odds_v1(value: Any) -> str:
+    """`fmt_odds` as reports of format 1 printed it: every digit, however many."""
     if value is None or float(value) <= 0:
         return "not computable" if value is None else "less than 1 in 10^16"
     p = float(value)
@@ -144,6 +183,20 @@ def fmt_odds(value: Any) -> str:
     n = 1 / p
     rounded = float(f"{n:.2g}")
     return f"about 1 in {int(rounded):,}"
+
+
+def fmt_log10_p(value: Any) -> str:
+    """A p-value given as log10 (findings version 3): ``< 1e-300`` below a double's range."""
+    return "n/a" if value is None else format_log10_p(float(value))
+
+
+def fmt_odds_log10(value: Any) -> str:
+    """A log10 p-value as odds; below 1 in 10^16 as an order of magnitude."""
+    if value is None:
+        return "not computable"
+    if float(value) < -16:
+        return f"less than 1 in 10^{min(300, math.floor(-float(value)))}"
+    return fmt_odds(10.0 ** float(value))
 
 
 def short_digest(value: Any) -> str:
@@ -158,6 +211,8 @@ FILTERS = {
     "score": fmt_score,
     "p": fmt_p,
     "odds": fmt_odds,
+    "log10p": fmt_log10_p,
+    "odds10": fmt_odds_log10,
     "short": short_digest,
     "svg_uri": svg_uri,
 }
@@ -174,7 +229,9 @@ def _templates() -> Path:
     return Path(__file__).resolve().parent.parent / "templates"
 
 
-def _environment() -> Any:
+def _environment(version: int = 0) -> Any:
+    """The templates' environment, with the filters of report format ``version`` (the current
+    one when 0)."""
     import jinja2
 
     environment = jinja2.Environment(
@@ -185,6 +242,8 @@ def _environment() -> Any:
         lstrip_blocks=True,
     )
     environment.filters.update(FILTERS)
+    if version == 1:
+        environment.filters["odds"] = fmt_odds_v1
     return environment
 
 
@@ -200,6 +259,103 @@ def software_versions() -> dict[str, str]:
 
 def case_identifier(evidence: Evidence) -> str:
     return "REEF-" + hashlib.sha256(evidence.findings).hexdigest()[:12].upper()
+
+
+def check_case_id(case_id: str) -> str:
+    """A case identifier is a label printed on every page, not a place for a sentence."""
+    if CASE_ID.fullmatch(case_id) is None:
+        raise ReportError(
+            f"--case-id {case_id!r} is not a case identifier: up to 64 letters, digits and "
+            "the characters . _ : / # -, starting with a letter or digit"
+        )
+    return case_id
+
+
+def report_record(evidence: Evidence, case_id: str | None = None) -> bytes:
+    """What a report shows besides the signed evidence and the signer, as it is attached to the
+    report (canonical JSON): the case identifier, the versions of the software making it, and
+    the PDF variant. `verify` re-renders the pages from it, not from its own environment."""
+    return canonical_json(
+        {
+            "format": REPORT_FORMAT,
+            "format_version": REPORT_FORMAT_VERSION,
+            "case_id": case_identifier(evidence) if case_id is None else check_case_id(case_id),
+            "software": software_versions(),
+            "pdf_variant": PDF_VARIANT,
+            "templates": templates_digest(),
+        }
+    )
+
+
+def templates_digest() -> str:
+    """The sha256 of the templates and stylesheet: a report records which it was made with, so
+    that `verify` can say when its own differ."""
+    digest = hashlib.sha256()
+    for name in ("report.html.j2", "report.css"):
+        digest.update((_templates() / name).read_bytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def parse_report_record(data: bytes) -> dict[str, Any]:
+    """A report record as `report_record` writes it; ReportError says what is wrong."""
+    try:
+        record = parse_json(data)
+    except BadInputError as exc:
+        raise ReportError(f"the report record is not JSON ({exc})") from None
+    if not isinstance(record, dict) or set(record) != {
+        "format",
+        "format_version",
+        "case_id",
+        "software",
+        "pdf_variant",
+        "templates",
+    }:
+        raise ReportError("the report record does not have the fields of a report record")
+    version = record["format_version"]
+    if (
+        record["format"] != REPORT_FORMAT
+        or type(version) is not int
+        or version not in (READABLE_REPORT_VERSIONS)
+    ):
+        raise ReportError(
+            f"the report record has format {record['format']!r} version "
+            f"{record['format_version']!r}; this reef-forensics reads versions "
+            + ", ".join(map(str, READABLE_REPORT_VERSIONS))
+        )
+    if not isinstance(record["templates"], str) or not _TEMPLATES_DIGEST.fullmatch(
+        record["templates"]
+    ):
+        raise ReportError("the report record's templates digest is not a sha256 digest")
+    case, software, variant = record["case_id"], record["software"], record["pdf_variant"]
+    if not isinstance(case, str) or CASE_ID.fullmatch(case) is None:
+        raise ReportError("the report record's case identifier is not a case identifier")
+    if (
+        not isinstance(software, dict)
+        or not 1 <= len(software) <= 16
+        or not all(
+            isinstance(name, str)
+            and isinstance(version, str)
+            and _SOFTWARE_NAME.fullmatch(name)
+            and _SOFTWARE_VERSION.fullmatch(version)
+            for name, version in software.items()
+        )
+    ):
+        raise ReportError("the report record's software versions are not names and versions")
+    if not isinstance(variant, str) or _PDF_VARIANT.fullmatch(variant) is None:
+        raise ReportError("the report record's PDF variant is not a PDF variant")
+    if canonical_json(record) != data:
+        raise ReportError("the report record is not in canonical form")
+    return record
+
+
+def with_report_record(evidence: Evidence, case_id: str | None = None) -> Evidence:
+    """The evidence with its report record: the one it carries (a report being re-rendered), or
+    a new one for this case and this software (a report being made)."""
+    if evidence.report is not None:
+        if case_id is not None:
+            raise ReportError("a report being re-rendered keeps the case identifier it records")
+        return evidence
+    return replace(evidence, report=report_record(evidence, case_id))
 
 
 def signer_identity(cert: x509.Certificate) -> dict[str, str]:
@@ -222,8 +378,13 @@ def signer_identity(cert: x509.Certificate) -> dict[str, str]:
 def context(
     evidence: Evidence, signer: dict[str, str], case_id: str | None = None, *, charts: bool = True
 ) -> dict[str, Any]:
-    """Everything the templates see: the record, the charts drawn from it (empty pictures when
-    ``charts`` is false: the text alone is wanted), and identities."""
+    """Everything the templates see, all of it from signed data: the findings record, the charts
+    drawn from it (empty pictures when ``charts`` is false: the text alone is wanted), the
+    victim's manifest, the attachments, the signer's identity (from the certificate that signs
+    the report) and the report record (case identifier, software versions, PDF variant)."""
+    evidence = with_report_record(evidence, case_id)
+    assert evidence.report is not None
+    made = parse_report_record(evidence.report)
     record = evidence.record
     per_layer = record["per_layer"]
     layers_b = per_layer["layers_suspect"]
@@ -255,7 +416,7 @@ def context(
     )
     return {
         "r": record,
-        "case_id": case_id or case_identifier(evidence),
+        "case_id": made["case_id"],
         "signer": signer,
         "victim_manifest": victim_manifest,
         "victim_signed": evidence.victim_signature is not None,
@@ -264,14 +425,14 @@ def context(
         "layer_rows": rows,
         "positive": positive,
         "positive_skipped_rows": skipped,
-        "software": software_versions(),
-        "variant": PDF_VARIANT,
-        "report_tool": __version__,
+        "software": made["software"],
+        "variant": made["pdf_variant"],
+        "report_tool": made["software"].get("reef-forensics", "unknown"),
         "charts": _charts(record, path, positive) if charts else dict.fromkeys(CHARTS, ""),
     }
 
 
-CHARTS = ("heatmap", "stability", "controls")
+CHARTS = ("heatmap", "stability", "controls", "units")
 
 
 def _charts(
@@ -289,15 +450,31 @@ def _charts(
             [(c["name"], c["score"]) for c in positive],
             [(r["name"], r["score"]) for r in controls["negative"]],
         ),
+        "units": _units_chart(record),
     }
+
+
+def _units_chart(record: dict[str, Any]) -> str:
+    """The neuron-matching test per block (findings version 3, when the test ran)."""
+    units = record.get("units_test")
+    if not units or not units["ran"]:
+        return ""
+    references = [
+        (r["name"], r["units"].get("log10_p_value")) for r in record["references"] if "units" in r
+    ]
+    return charts.units(units["blocks"], references)
 
 
 def render_html(
     evidence: Evidence, signer: dict[str, str], case_id: str | None = None, *, charts: bool = True
 ) -> str:
-    """The report's HTML; ``signer`` is `signer_identity` of the signing certificate."""
-    template = _environment().get_template("report.html.j2")
-    return str(template.render(**context(evidence, signer, case_id, charts=charts)))
+    """The report's HTML; ``signer`` is `signer_identity` of the signing certificate. The
+    report record says which format's rules apply (a new one, the current format)."""
+    evidence = with_report_record(evidence, case_id)
+    assert evidence.report is not None
+    version = parse_report_record(evidence.report)["format_version"]
+    template = _environment(version).get_template("report.html.j2")
+    return str(template.render(**context(evidence, signer, charts=charts)))
 
 
 def _created(record: dict[str, Any]) -> datetime:
@@ -310,18 +487,51 @@ def _created(record: dict[str, Any]) -> datetime:
 
 
 def render_pdf(evidence: Evidence, signer: Signer, case_id: str | None = None) -> bytes:
-    """The unsigned PDF/A-4f, with the evidence attached; the same inputs give the same bytes."""
-    from weasyprint import CSS, HTML, Attachment
-
+    """The unsigned PDF/A-4f, with the evidence and the report record attached; the same inputs
+    give the same bytes."""
     if signer.certificate is None:
         raise KeyMaterialError("a report is signed with a certificate: pass --cert")
-    html = render_html(evidence, signer_identity(signer.certificate), case_id)
+    return render_report(with_report_record(evidence, case_id), signer_identity(signer.certificate))
+
+
+def render_report(evidence: Evidence, signer: dict[str, str]) -> bytes:
+    """The unsigned PDF of evidence that carries its report record, for the signer identity
+    ``signer``: what `render_pdf` writes, and what `verify` re-renders a report into."""
+    if evidence.report is None:
+        raise ReportError("a report is rendered with its report record")
+    return pdf_from_html(render_html(evidence, signer), evidence)
+
+
+@contextlib.contextmanager
+def _font_timestamps(when: datetime) -> Iterator[None]:
+    """fontTools stamps the fonts it writes with the time, unless ``SOURCE_DATE_EPOCH`` says
+    which: the findings' creation time, so that the same evidence gives the same bytes."""
+    name, before = "SOURCE_DATE_EPOCH", os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ[name] = str(int(when.timestamp()))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def pdf_from_html(html: str, evidence: Evidence) -> bytes:
+    """WeasyPrint's PDF of ``html`` with the evidence attached (the variant the report record
+    names, PDF/A-4f for a new report)."""
+    from weasyprint import CSS, HTML, Attachment
+
+    variant = (
+        parse_report_record(evidence.report)["pdf_variant"] if evidence.report else PDF_VARIANT
+    )
     when = _created(evidence.record)
     descriptions = {
         ATTACHED_FINDINGS: "the findings record (canonical JSON)",
         ATTACHED_FINDINGS_SIGNATURE: "the findings' signature bundle (model-signing v1.0)",
         ATTACHED_VICTIM_MANIFEST: "the victim fingerprint's manifest (canonical JSON)",
         ATTACHED_VICTIM_SIGNATURE: "the victim fingerprint's signature bundle",
+        ATTACHED_REPORT_RECORD: "the report record: case identifier, software versions",
     }
     attachments = [
         Attachment(
@@ -336,14 +546,15 @@ def render_pdf(evidence: Evidence, signer: Signer, case_id: str | None = None) -
     ]
     identifier = hashlib.md5(evidence.findings, usedforsecurity=False).digest()
     document = HTML(string=html, base_url=str(_templates()))
-    return bytes(
-        document.write_pdf(
-            stylesheets=[CSS(filename=str(_templates() / "report.css"))],
-            pdf_variant=PDF_VARIANT,
-            pdf_identifier=identifier,
-            attachments=attachments,
+    with _font_timestamps(when):
+        return bytes(
+            document.write_pdf(
+                stylesheets=[CSS(filename=str(_templates() / "report.css"))],
+                pdf_variant=variant,
+                pdf_identifier=identifier,
+                attachments=attachments,
+            )
         )
-    )
 
 
 def asn1_certificate(cert: x509.Certificate) -> Any:
@@ -405,6 +616,8 @@ def write_report(
     if signer.certificate is None:
         raise KeyMaterialError("a report is signed with a certificate: pass --cert")
     policy = trust or TrustPolicy(public_key=signer.public_key)
+    if case_id is not None:
+        check_case_id(case_id)  # before any work
     evidence = load_evidence(findings_dir, policy, victim=victim)
     signed = sign_pdf(render_pdf(evidence, signer, case_id), signer)
     target = Path(out)

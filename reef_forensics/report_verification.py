@@ -1,5 +1,5 @@
-"""`verify report.pdf`: the PDF signature, the attached evidence, the printed numbers, and (given
-the fingerprints) every number recomputed.
+"""`verify report.pdf`: the PDF signature, the attached evidence, every page against a re-render
+of the report from that evidence, and (given the fingerprints) every number recomputed.
 
 Checks, by name, each a pass or a fail (a report is valid only when all pass):
 
@@ -8,15 +8,24 @@ Checks, by name, each a pass or a fail (a report is valid only when all pass):
 - ``signature bytes``: the one part of the file the signature cannot cover, its own hex string,
   holds nothing but the CMS signature in one letter case and zero padding (a PDF reader would
   accept other spellings of the same bytes, so each byte of the file has exactly one meaning);
-- ``certificate chain``: the signer's certificate chains to a trusted root (``--trust``), or its
-  key is the trusted key (``--key``);
+- ``certificate chain``: the signer's certificate is fit to sign evidence and chains to a trusted
+  root (``--trust``; the one policy evidence bundles are held to, `signing.chain_to_roots`), or
+  its key is the trusted key (``--key``);
 - ``coverage``: the signature covers the whole file (nothing appended after signing);
 - ``certification``: a certification signature that permits no change, and none was made;
 - ``attached findings: ...``: the attached findings and their signature, verified as a findings
   directory (signature, trust, digests, consistency of the verdict with the numbers);
 - ``attached victim fingerprint: ...``: the manifest is the findings' victim, its signature holds;
-- ``printed numbers``: every number the templates print from the findings appears, in order, in
-  the PDF's text;
+- ``report record``: the attached case identifier, software versions and PDF variant the report
+  was made with (a report of format 1, made before they were attached, has them read off its
+  pages);
+- ``page text``, ``text placement``, ``text visibility``, ``drawings``, ``document``: the report
+  is rendered again from the attached findings, victim manifest and report record and the
+  signer's certificate, and each page of the file must show what the re-render shows: the same
+  text, each glyph at the same place in the same font, size and shape, drawn as visibly (render
+  mode, colour, opacity, clipping, nothing opaque over it), the same drawings, and nothing a
+  viewer shows besides (annotations, bookmarks, metadata, attachments). `report_content` reads
+  the pages; each failure names the page and the text;
 - ``recomputation``: with ``--evidence``, every number in the findings recomputed from the signed
   fingerprints, to 1e-9. Without it, a note says that recomputation was skipped.
 """
@@ -25,29 +34,49 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .analysis import FINDINGS_FILE
-from .errors import BadInputError, FingerprintError, ReefError, first_line
-from .evidence import verify_evidence
+from .errors import BadInputError, ReefError, first_line
+from .evidence import verify_evidence, verify_fingerprint_snapshot
 from .files import parse_json
-from .fingerprint import MANIFEST, read_fingerprint
+from .fingerprint import MANIFEST
 from .report import (
     ATTACHED_FINDINGS,
     ATTACHED_FINDINGS_SIGNATURE,
+    ATTACHED_REPORT_RECORD,
     ATTACHED_VICTIM_MANIFEST,
     ATTACHED_VICTIM_SIGNATURE,
+    CASE_ID,
+    PDF_VARIANT,
+    RENDERERS,
+    REPORT_FORMAT,
     Evidence,
-    asn1_certificate,
-    render_html,
+    ReportError,
+    case_identifier,
+    parse_report_record,
+    render_report,
     signer_identity,
+    software_versions,
+    templates_digest,
 )
-from .signing import SIGNATURE_NAME, TrustPolicy, VerificationResult, verify_bundle_over
+from .report_content import compare_documents, compare_pages, page_lines, read_pages
+from .signing import (
+    MAX_CHAIN,
+    SIGNATURE_NAME,
+    TrustPolicy,
+    VerificationResult,
+    chain_to_roots,
+    verify_bundle_over,
+)
 
 #: The numbers a report prints from measurements: decimals and exponents (digests and counts
 #: are checked through the attachments).
@@ -94,8 +123,14 @@ def verify_report(
     record = _check_attachments(attachments, trust, result)
     if record is None:
         return result
-    if signer_cert is not None:
-        _check_printed_numbers(data, attachments, record, signer_cert, result)
+    if signer_cert is not None and result.valid:
+        with _quiet("pypdf", "weasyprint", "fontTools"):
+            _check_visible_content(data, attachments, record, signer_cert, result)
+    else:
+        result.notes.append(
+            "the pages were not compared with a re-render of the attached evidence: the checks "
+            "above failed already"
+        )
     if evidence:
         _check_recomputation(record, evidence, trust, result)
     else:
@@ -143,23 +178,41 @@ def _check_signature_bytes(data: bytes, embedded: Any, result: VerificationResul
     )
 
 
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """pyHanko logs what it finds wrong with tracebacks; verify says it in one line instead."""
+    loggers = [logging.getLogger(name) for name in names]
+    before = [logger.level for logger in loggers]
+    for logger in loggers:  # their children inherit the level (``disabled`` they would not)
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, before, strict=True):
+            logger.setLevel(level)
+
+
 def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: VerificationResult) -> Any:
-    """pyHanko's validation; returns the signer's certificate (cryptography) when it is intact."""
+    """pyHanko checks that the signed bytes are intact and the CMS signature sound, with the
+    signer's certificate as its own anchor and no key usage of its own: whether that certificate
+    may sign evidence, and whether it chains to ``trust``, is decided by the policy evidence
+    bundles are held to (`signing.chain_to_roots`). Returns the signer's certificate
+    (cryptography) when the signature is intact."""
     from cryptography import x509
     from pyhanko.sign.fields import MDPPerm
     from pyhanko.sign.validation import validate_pdf_signature
+    from pyhanko.sign.validation.settings import KeyUsageConstraints
     from pyhanko.sign.validation.status import SignatureCoverageLevel
     from pyhanko_certvalidator import ValidationContext
 
     try:
         leaf = x509.load_der_x509_certificate(embedded.signer_cert.dump())
-        if trust.public_key is not None:
-            roots = [embedded.signer_cert]
-        else:
-            roots = [asn1_certificate(root) for root in trust.roots]
-        status = validate_pdf_signature(
-            embedded, ValidationContext(trust_roots=roots, allow_fetching=False)
-        )
+        with _quiet("pyhanko", "pyhanko_certvalidator"):
+            status = validate_pdf_signature(
+                embedded,
+                ValidationContext(trust_roots=[embedded.signer_cert], allow_fetching=False),
+                key_usage_settings=KeyUsageConstraints(),
+            )
     except Exception as exc:  # a malformed signature or certificate: a failed check
         result.add("signature", False, f"the PDF signature cannot be validated: {first_line(exc)}")
         return None
@@ -183,14 +236,12 @@ def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: Verification
             if same
             else "the PDF was signed with another key than the trusted one",
         )
-    else:
-        result.add(
-            "certificate chain",
-            bool(status.trusted),
-            f"the signer's certificate chains to a trusted root ({leaf.issuer.rfc4514_string()})"
-            if status.trusted
-            else "the signer's certificate does not chain to a trusted root",
+        result.notes.append(
+            "the signer's certificate was not checked against a CA (verified with a key); "
+            "verify with --trust CA to check it"
         )
+    else:
+        _check_chain(embedded, leaf, trust, result)
     whole = status.coverage == SignatureCoverageLevel.ENTIRE_FILE
     result.add(
         "coverage",
@@ -209,6 +260,31 @@ def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: Verification
         else "not a no-changes certification signature, or the document changed after it",
     )
     return leaf if intact else None
+
+
+def _check_chain(embedded: Any, leaf: Any, trust: TrustPolicy, result: VerificationResult) -> None:
+    """The signer's certificate, with the others the signature carries as its possible chain,
+    under the one signer policy (`signing.chain_to_roots`)."""
+    from cryptography import x509
+
+    try:
+        carried = [
+            x509.load_der_x509_certificate(choice.chosen.dump())
+            for choice in embedded.signed_data["certificates"]
+            if choice.name == "certificate"
+        ]
+        others = [c for c in carried if c != leaf]
+        if len(others) >= MAX_CHAIN:
+            raise ValueError(f"the signature carries more than {MAX_CHAIN} certificates")
+        _, detail = chain_to_roots([leaf, *others], trust.roots)
+    except Exception as exc:  # an unfit, untrusted or malformed certificate: a failed check
+        result.add(
+            "certificate chain",
+            False,
+            f"the signer's certificate is not accepted: {first_line(exc)}",
+        )
+        return
+    result.add("certificate chain", True, detail)
 
 
 def _attachments(reader: Any, result: VerificationResult) -> dict[str, bytes] | None:
@@ -273,49 +349,17 @@ def _check_attachments(
     return record
 
 
-def _text_of(pdf: bytes) -> str:
-    from pypdf import PdfReader
-
-    return "".join(page.extract_text() or "" for page in PdfReader(io.BytesIO(pdf)).pages)
-
-
-def _html_text(html: str) -> str:
-    import html as html_module
-
-    body = re.sub(r"<(script|style|head)\b.*?</\1>", " ", html, flags=re.S | re.I)
-    return html_module.unescape(re.sub(r"<[^>]+>", " ", body))
-
-
-def printed_numbers(html: str) -> list[str]:
-    """The numbers the report's HTML prints from the findings, in order."""
-    return list(_NUMBER.findall(_html_text(html)))
-
-
-def printed_numbers_missing(pdf: bytes, html: str) -> list[str]:
-    """The numbers of ``html``'s text not found, in order, in the PDF's text (spaces and line
-    breaks ignored on both sides)."""
-    return _missing(pdf, printed_numbers(html))
-
-
-def _missing(pdf: bytes, tokens: list[str]) -> list[str]:
-    page_text = re.sub(r"\s+", "", _text_of(pdf))
-    missing, position = [], 0
-    for token in tokens:
-        found = page_text.find(token, position)
-        if found < 0:
-            missing.append(token)
-        else:
-            position = found + len(token)
-    return missing
-
-
-def _check_printed_numbers(
+def _check_visible_content(
     pdf: bytes,
     files: dict[str, bytes],
     record: dict[str, Any],
     signer_cert: Any,
     result: VerificationResult,
 ) -> None:
+    """Render the report again from what the file carries and compare every page (and what a
+    viewer shows besides) with it; see `report_content`."""
+    from pypdf import PdfReader
+
     evidence = Evidence(
         record,
         files[ATTACHED_FINDINGS],
@@ -324,22 +368,146 @@ def _check_printed_numbers(
         files.get(ATTACHED_VICTIM_SIGNATURE),
     )
     try:
-        # the text only: the charts are pictures, their labels are not the findings' numbers
-        expected = printed_numbers(
-            render_html(evidence, signer_identity(signer_cert), charts=False)
-        )
-        missing = _missing(pdf, expected)
-        total = len(expected)
-    except Exception as exc:
-        result.add("printed numbers", False, f"the report's text cannot be read: {first_line(exc)}")
+        shown = PdfReader(io.BytesIO(pdf))
+        shown_pages = read_pages(shown)
+    except Exception as exc:  # ContentError, or pypdf refusing the file: a failed check
+        result.add("page text", False, f"the report's pages cannot be read: {first_line(exc)}")
         return
+    attached = files.get(ATTACHED_REPORT_RECORD)
+    try:
+        if attached is not None:
+            made = parse_report_record(attached)
+            evidence = replace(evidence, report=attached)
+            result.add(
+                "report record",
+                True,
+                f"case {made['case_id']}, made with " + _renderers(made["software"]),
+            )
+        else:
+            legacy = legacy_report_record(evidence, shown_pages)
+            made = parse_report_record(legacy)
+            evidence = replace(evidence, report=legacy, report_attached=False)
+            result.add(
+                "report record",
+                True,
+                f"a report of format 1 (no {ATTACHED_REPORT_RECORD} attached): case "
+                f"{made['case_id']} and software versions read off its pages, made with "
+                + _renderers(made["software"]),
+            )
+    except ReportError as exc:
+        result.add("report record", False, str(exc))
+        return
+    try:
+        expected = PdfReader(io.BytesIO(render_report(evidence, signer_identity(signer_cert))))
+        expected_pages = read_pages(expected)
+    except Exception as exc:  # the attached evidence cannot be rendered: a failed check
+        result.add("page text", False, f"the report cannot be rendered again: {first_line(exc)}")
+        return
+    here = software_versions()
+    same = all(made["software"].get(name) == here.get(name) for name in RENDERERS)
+    found = compare_pages(shown_pages, expected_pages, drawings=same)
+    hint = _hint(made, here)
+    pages = len(expected_pages)
+    for name, problems, fine in (
+        (
+            "page text",
+            found.text,
+            f"each of the {pages} pages shows the text the templates make of the attached "
+            "findings, and no other",
+        ),
+        (
+            "text placement",
+            found.placement,
+            "every glyph is where the templates put it, in their font, size and shape",
+        ),
+        (
+            "text visibility",
+            found.look,
+            "every glyph is drawn as visibly as the templates draw it (render mode, colour, "
+            "opacity, clipping, nothing drawn over it)",
+        ),
+        (
+            "drawings",
+            found.drawings,
+            "every line, fill and picture is the one the templates draw"
+            if same
+            else "every picture is the one the templates draw",
+        ),
+    ):
+        result.add(name, not problems, fine if not problems else "; ".join(problems[:3]) + hint)
+    try:
+        document = compare_documents(shown, expected)
+    except Exception as exc:  # ContentError, or a malformed catalog: a failed check
+        document = [f"the document cannot be read: {first_line(exc)}"]
     result.add(
-        "printed numbers",
-        not missing,
-        f"all {total} numbers the report prints from the findings appear in its text, in order"
-        if not missing
-        else f"{len(missing)} of {total} numbers from the findings are not printed as expected "
-        f"(first: {', '.join(missing[:5])})",
+        "document",
+        not document,
+        "no annotation, action, bookmark, metadata or attachment but the templates'"
+        if not document
+        else "; ".join(document[:3]),
+    )
+    if not same:
+        result.notes.append(
+            "lines and fills were not compared one by one: the report was drawn with "
+            + _renderers(made["software"])
+            + ", this machine has "
+            + _renderers(here)
+            + " (text, its visibility and the pictures were compared)"
+        )
+
+
+def _renderers(software: dict[str, str]) -> str:
+    return ", ".join(f"{name} {software.get(name, 'unknown')}" for name in RENDERERS)
+
+
+def _hint(made: dict[str, Any], here: dict[str, str]) -> str:
+    """When pages differ: whether this machine renders with other software or templates."""
+    reasons = []
+    if any(made["software"].get(name) != here.get(name) for name in RENDERERS):
+        reasons.append(f"drawn with {_renderers(made['software'])}, here {_renderers(here)}")
+    if made["templates"] and made["templates"] != templates_digest():
+        reasons.append("made with other templates than this reef-forensics has")
+    return f" (the report was {'; '.join(reasons)})" if reasons else ""
+
+
+#: The rows of a format-1 report that name what made it (its appendix, "7. Reproducibility").
+_SOFTWARE_ROW = re.compile(r"([a-z0-9][a-z0-9._-]*) \(report\)\s*(\S.*?)\s*")
+_VARIANT_ROW = re.compile(r"document format\s*(pdf/\S+)\s*")
+
+
+def legacy_report_record(evidence: Evidence, pages: Sequence[Any]) -> bytes:
+    """The report record of a report of format 1 (made before the record was attached), read off
+    its own pages: the software versions and PDF variant its appendix prints. Its case
+    identifier is the default one (format 1 took no other into account). Everything else on its
+    pages is then compared as for any report, these rows included."""
+    from .digests import canonical_json
+
+    software: dict[str, str] = {}
+    variant = ""
+    for page in pages:
+        for line in page_lines(page):
+            text = " ".join(line.split())
+            row = _SOFTWARE_ROW.fullmatch(text)
+            if row:
+                software[row[1]] = row[2]
+            elif _VARIANT_ROW.fullmatch(text):
+                variant = _VARIANT_ROW.fullmatch(text)[1]  # type: ignore[index]
+    if not software or not variant:
+        raise ReportError(
+            f"the report carries no {ATTACHED_REPORT_RECORD}, and its pages do not say what made "
+            "it: it is not a reef-forensics report"
+        )
+    case = case_identifier(evidence)
+    assert CASE_ID.fullmatch(case)
+    return canonical_json(
+        {
+            "format": REPORT_FORMAT,
+            "format_version": 1,
+            "case_id": case,
+            "software": software,
+            "pdf_variant": variant or PDF_VARIANT,
+            "templates": "",
+        }
     )
 
 
@@ -353,17 +521,12 @@ def _check_recomputation(
 
     fingerprints = []
     for folder in evidence:
-        try:
-            fingerprint = read_fingerprint(folder)
-        except FingerprintError as exc:
+        try:  # each file read once: the bytes verified are the bytes recomputed on (issue 16)
+            checked, fingerprint = verify_fingerprint_snapshot(folder, trust)
+        except ReefError as exc:  # not a fingerprint, or not signed at all
             result.add("evidence", False, first_line(exc))
             return
-        try:
-            checked = verify_evidence(folder, trust)
-        except ReefError as exc:  # not signed at all
-            result.add("evidence", False, first_line(exc))
-            return
-        if not checked.valid:
+        if fingerprint is None:
             result.add("evidence", False, f"the fingerprint {folder} does not verify")
             result.merge(checked, f"evidence {Path(folder).name}")
             return

@@ -11,6 +11,7 @@ memory map: representations go to disk as extraction goes.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
@@ -67,11 +68,12 @@ class Header:
     data_start: int
 
 
-def read_header(path: Path) -> Header:
-    """Parse and validate the header of a safetensors file; raise `BadInputError` if unsound."""
+def read_header(path: Path, data: bytes | None = None) -> Header:
+    """Parse and validate the header of a safetensors file; raise `BadInputError` if unsound.
+    ``data``: the file's bytes, read already (then they are parsed, and ``path`` only names them)."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
+        size = path.stat().st_size if data is None else len(data)
+        with open(path, "rb") if data is None else io.BytesIO(data) as handle:
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise _bad(path, "shorter than the 8-byte header length")
@@ -140,22 +142,27 @@ def _bad(path: Path, why: str) -> BadInputError:
     return BadInputError(f"{path} is not a valid safetensors file: {why}")
 
 
-def read_tensor(path: Path, entry: TensorEntry) -> NDArray[Any]:
-    """Read one tensor of a validated header into memory (numpy dtypes only)."""
+def read_tensor(path: Path, entry: TensorEntry, data: bytes | None = None) -> NDArray[Any]:
+    """Read one tensor of a validated header into memory (numpy dtypes only); from ``data``, the
+    file's bytes read already, when given."""
     numpy_dtype = DTYPES[entry.dtype][0]
     if numpy_dtype is None:
         raise BadInputError(
             f"{path}: tensor {entry.name!r} has dtype {entry.dtype}, not readable here"
         )
     count = math.prod(entry.shape)
-    with open(path, "rb") as handle:
-        handle.seek(entry.begin)
-        array = np.frombuffer(handle.read(entry.end - entry.begin), dtype=numpy_dtype, count=count)
+    if data is not None:
+        raw: bytes | memoryview = memoryview(data)[entry.begin : entry.end]
+    else:
+        with open(path, "rb") as handle:
+            handle.seek(entry.begin)
+            raw = handle.read(entry.end - entry.begin)
+    array = np.frombuffer(raw, dtype=numpy_dtype, count=count)
     return array.reshape(entry.shape).copy()
 
 
 class StreamWriter:
-    """Write a safetensors file of 2-D float32 tensors whose shapes are known in advance.
+    """Write a safetensors file of 2-D float tensors (F32, or F16) whose shapes are known in advance.
 
     The header and file length are written first; rows are then filled in any order through a
     memory map. `close` flushes. Every row of every tensor should be written before closing;
@@ -167,15 +174,19 @@ class StreamWriter:
         path: Path,
         shapes: Sequence[tuple[str, tuple[int, int]]],
         metadata: Mapping[str, str] | None = None,
+        dtype: str = "F32",
     ) -> None:
+        if dtype not in ("F32", "F16"):
+            raise ValueError(f"StreamWriter writes F32 or F16, not {dtype}")
+        numpy_dtype, itemsize = "<f4" if dtype == "F32" else "<f2", DTYPES[dtype][1]
         header: dict[str, Any] = {}
         if metadata:
             header["__metadata__"] = dict(metadata)
         offset = 0
         for name, shape in shapes:
-            nbytes = shape[0] * shape[1] * 4
+            nbytes = shape[0] * shape[1] * itemsize
             header[name] = {
-                "dtype": "F32",
+                "dtype": dtype,
                 "shape": list(shape),
                 "data_offsets": [offset, offset + nbytes],
             }
@@ -188,13 +199,13 @@ class StreamWriter:
             handle.write(struct.pack("<Q", len(raw)))
             handle.write(raw)
             handle.truncate(self._data_start + offset)
-        self._views: dict[str, np.memmap[Any, np.dtype[np.float32]]] = {}
+        self._views: dict[str, np.memmap[Any, np.dtype[Any]]] = {}
         for name, shape in shapes:
             begin = header[name]["data_offsets"][0]
             if shape[0] * shape[1] == 0:
                 continue
             self._views[name] = np.memmap(
-                path, dtype="<f4", mode="r+", offset=self._data_start + begin, shape=shape
+                path, dtype=numpy_dtype, mode="r+", offset=self._data_start + begin, shape=shape
             )
 
     def write_rows(

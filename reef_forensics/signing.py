@@ -247,6 +247,18 @@ class TrustPolicy:
             raise BadInputError("verify needs exactly one of --key PUBLIC_KEY or --trust CA_CERT")
 
 
+def read_bundle_bytes(bundle_path: Path, result: VerificationResult) -> bytes | None:
+    """A signature bundle's bytes (empty when over the size cap, which the parser refuses), or
+    None with a failed check when it cannot be read or is a symbolic link."""
+    try:
+        if bundle_path.is_symlink():
+            raise ValueError("it is a symbolic link")
+        return bundle_path.read_bytes() if bundle_path.stat().st_size <= MAX_BUNDLE_BYTES else b""
+    except (OSError, ValueError) as exc:
+        result.add("signature bundle", False, f"{SIGNATURE_NAME} cannot be read: {exc}")
+        return None
+
+
 def verify_directory(
     directory: str | os.PathLike[str],
     trust: TrustPolicy,
@@ -266,12 +278,8 @@ def verify_directory(
     if not bundle_path.is_file() and not bundle_path.is_symlink():
         raise SignatureError(f"{folder} is not signed: {SIGNATURE_NAME} is missing")
     result = VerificationResult(path=folder)
-    try:
-        if bundle_path.is_symlink():
-            raise ValueError("it is a symbolic link")
-        raw = bundle_path.read_bytes() if bundle_path.stat().st_size <= MAX_BUNDLE_BYTES else b""
-    except (OSError, ValueError) as exc:
-        result.add("signature bundle", False, f"{SIGNATURE_NAME} cannot be read: {exc}")
+    raw = read_bundle_bytes(bundle_path, result)
+    if raw is None:
         return result
     bundle = _check_bundle(raw, trust, result)
     if bundle is None:
@@ -284,11 +292,13 @@ def verify_directory(
 
 
 def verify_bundle_over(
-    raw: bytes, files: dict[str, bytes], trust: TrustPolicy, *, path: Path
+    raw: bytes, files: dict[str, bytes], trust: TrustPolicy, *, path: Path, complete: bool = False
 ) -> VerificationResult:
     """A bundle and some of the files it signs, held in memory (a report's attachments): the
     signature, the trust, the subject digest, and each given file's digest. The signed files that
-    were not given are named in a note: their digests are vouched for, their bytes not checked."""
+    were not given are named in a note: their digests are vouched for, their bytes not checked.
+    With ``complete`` (``files`` is a whole directory, read once), a signed file not given fails
+    the ``file set`` check instead."""
     result = VerificationResult(path=path)
     bundle = _check_bundle(raw, trust, result)
     if bundle is None:
@@ -308,7 +318,15 @@ def verify_bundle_over(
         )
     _check_subject(bundle, result)
     absent = sorted(set(listed) - set(files))
-    if absent:
+    if complete:
+        result.add(
+            "file set",
+            not absent,
+            "missing: " + ", ".join(absent)
+            if absent
+            else f"the {len(listed)} signed files, no more, no fewer",
+        )
+    elif absent:
         result.notes.append(
             "signed but not at hand, so only their signed digests were checked: "
             + ", ".join(absent)
@@ -483,7 +501,7 @@ def _signing_key(
         chain = [
             x509.load_der_x509_certificate(_base64(c["rawBytes"], "a certificate")) for c in raw
         ]
-        key, detail = _chain_to_roots(chain, trust.roots)
+        key, detail = chain_to_roots(chain, trust.roots)
     except Exception as exc:  # any malformed or hostile certificate: a failed check, never a crash
         result.add(
             "certificate chain", False, f"the certificate chain does not verify: {first_line(exc)}"
@@ -520,18 +538,67 @@ def _check_embedded_certificate(
 SIGNER_EKUS = frozenset(
     {*(oid.dotted_string for oid in DOCUMENT_SIGNING_EKUS), "1.3.6.1.5.5.7.3.3"}
 )
+#: The key usages a signer certificate must allow: evidence is signed to be relied on later.
+SIGNER_KEY_USAGES = ("digital_signature", "content_commitment")
+_KEY_USAGE_NAMES = {"digital_signature": "digitalSignature", "content_commitment": "nonRepudiation"}
 
 
-def _chain_to_roots(
+def check_signer_certificate(leaf: x509.Certificate) -> None:
+    """The one policy for every signer certificate, of evidence bundles and of report PDFs alike:
+    an end entity (not a CA), whose key usage allows digitalSignature and nonRepudiation, whose
+    extended key usage names document signing, S/MIME or code signing (`SIGNER_EKUS`), with a
+    P-256 key. Raises ValueError with the first reason it is unfit."""
+    extensions = leaf.extensions
+    try:
+        constraints = extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:
+        raise ValueError(
+            "the signer certificate is a CA certificate (basicConstraints CA:TRUE); evidence "
+            "is signed with an end-entity certificate"
+        )
+    try:
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        raise ValueError("the signer certificate has no key usage extension") from None
+    lacking = [_KEY_USAGE_NAMES[name] for name in SIGNER_KEY_USAGES if not getattr(usage, name)]
+    if lacking:
+        raise ValueError(
+            "the signer certificate's key usage does not allow " + " and ".join(lacking)
+        )
+    try:
+        purposes = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        raise ValueError(
+            "the signer certificate has no extended key usage: it must name document signing, "
+            "S/MIME or code signing"
+        ) from None
+    if not {oid.dotted_string for oid in purposes} & SIGNER_EKUS:
+        named = ", ".join(getattr(oid, "_name", oid.dotted_string) for oid in purposes)
+        raise ValueError(
+            f"the signer certificate's extended key usage ({named or 'none'}) is not for "
+            "document or code signing"
+        )
+    key = leaf.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError(f"the signer certificate's key is not {SUPPORTED}")
+
+
+def chain_to_roots(
     chain: list[x509.Certificate], roots: tuple[x509.Certificate, ...]
 ) -> tuple[ec.EllipticCurvePublicKey, str]:
-    """Validate the chain up to a trusted root (RFC 5280 path validation by cryptography's
-    verifier: issuers must be CAs allowed to sign certificates, path lengths and validity
-    dates hold for every certificate, the root's included), then the leaf's own fitness for
-    signing evidence. Returns the leaf's key; raises with the reason otherwise."""
+    """The leaf's fitness for signing evidence (`check_signer_certificate`), then the chain up to
+    a trusted root (RFC 5280 path validation by cryptography's verifier: issuers must be CAs
+    allowed to sign certificates, path lengths and validity dates hold for every certificate,
+    the root's included). Returns the leaf's key; raises with the reason otherwise. Evidence
+    bundles and report PDFs are both checked here."""
     from cryptography.x509 import verification
 
+    if not 1 <= len(chain) <= MAX_CHAIN:
+        raise ValueError(f"a chain of 1 to {MAX_CHAIN} certificates is expected")
     leaf, intermediates = chain[0], chain[1:]
+    check_signer_certificate(leaf)
     signer_policy = (
         verification.ExtensionPolicy.permit_all()
         .require_present(x509.KeyUsage, verification.Criticality.AGNOSTIC, None)
@@ -548,20 +615,8 @@ def _chain_to_roots(
         .build_client_verifier()
     )
     verified = verifier.verify(leaf, intermediates)
-    usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
-    if not usage.digital_signature:
-        raise ValueError("the signer certificate does not allow digitalSignature")
-    purposes = {
-        oid.dotted_string
-        for oid in leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    }
-    if not purposes & SIGNER_EKUS:
-        raise ValueError(
-            "the signer certificate is not for document or code signing (extended key usage)"
-        )
     key = leaf.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError(f"the signer certificate's key is not {SUPPORTED}")
+    assert isinstance(key, ec.EllipticCurvePublicKey)  # check_signer_certificate saw to it
     root = verified.chain[-1]
     return (
         key,

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .errors import BadInputError, ModelLoadError, ReefError, first_line
+from .errors import BadInputError, ModelLoadError, ReefError, first_line, is_native_panic
 from .jobqueue import Job, JobQueue
 from .models import ALLOW_PICKLE_HINT
 from .registry import (
@@ -215,7 +215,7 @@ class Screener:
         verdict, and for `derived` or `inconclusive` log the signed findings (and the signed
         report, given a certificate) under ``reef/NAME/vVERSION/screening/``. Returns the
         findings as JSON."""
-        from .analysis import DecisionRule, check
+        from .analysis import DecisionRule, check, p_text, units_p_text
 
         rule = DecisionRule(**self.config.rule)
         panel = [
@@ -232,12 +232,12 @@ class Screener:
         )
         record: dict[str, Any] = findings.as_json()
         key = screen_key(label)
-        p = record["p_value"]
         self._tag(
             job.name,
             job.version,
             key[:250],
-            f"{record['verdict']} score={record['score']:.4f} p={f'{p:.2g}' if p is not None else 'n/a'} refs={record['panel_size']}",
+            f"{record['verdict']} score={record['score']:.4f} p={p_text(record).replace(' ', '')} "
+            f"units={units_p_text(record).replace(' ', '')} refs={record['panel_size']}",
         )
         if record["verdict"] == "unrelated":
             return record
@@ -314,6 +314,15 @@ class Worker(Screener):
                 )
                 return "pending"
             reason = f"{type(exc).__name__}: {first_line(exc)}"
+            state = self.queue.fail(job, reason, retry=True)
+            self._tag_failed(job, reason, state)
+            return state
+        except BaseException as exc:
+            if not is_native_panic(exc):  # KeyboardInterrupt, SystemExit: the worker stops
+                raise
+            # a Rust panic (a BaseException) where no model is loaded or tokenized (there it is
+            # a ModelLoadError by now): like anything unforeseen, never fatal to the loop
+            reason = f"a panic in native code: {first_line(exc)}"
             state = self.queue.fail(job, reason, retry=True)
             self._tag_failed(job, reason, state)
             return state

@@ -29,6 +29,7 @@ from reef_forensics import ProbeSet, fingerprint_model
 from reef_forensics.cli import main
 from reef_forensics.jobqueue import JobQueue
 from reef_forensics.keys import generate_keys, load_signer
+from reef_forensics.signing import sign_directory
 
 PASS = "bad-input-passphrase"
 REEF = str(Path(sys.executable).parent / "reef-forensics")
@@ -127,6 +128,23 @@ def tampered_findings(ctx: Ctx) -> Path:
     return copy
 
 
+def signed_by_another_key(ctx: Ctx) -> Path:
+    """The victim's fingerprint, signed with a key the report's signer does not trust: `check
+    --report` gets as far as the report before it is refused (issue 16: it left the signed
+    findings behind)."""
+    copy = ctx.copy(ctx.world.fp, "victim")
+    other = ctx.world.other_keys
+    sign_directory(
+        copy,
+        load_signer(
+            other / "signing-key.pem",
+            passphrase=PASS.encode(),
+            certificate=other / "signer-cert.pem",
+        ),
+    )
+    return copy
+
+
 def truncated_gguf(ctx: Ctx) -> Path:
     data = b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + struct.pack("<Q", 1 << 40)
     return ctx.file("model.gguf", data)
@@ -141,9 +159,10 @@ def victim(ctx: Ctx, *extra: object) -> list[object]:
     return fp(ctx, ctx.world.victim, *extra)
 
 
-def check_fps(ctx: Ctx, *extra: object) -> list[object]:
+def check_fps(ctx: Ctx, *extra: object, victim: Path | None = None) -> list[object]:
     """`check` of the derived model's fingerprint against the victim's."""
-    return ["check", "--victim", ctx.world.fp, "--suspect", ctx.world.fp_suspect, *extra]
+    chosen = victim or ctx.world.fp
+    return ["check", "--victim", chosen, "--suspect", ctx.world.fp_suspect, *extra]
 
 
 def report(ctx: Ctx, findings: Path, *extra: object, out: Path | None = None) -> list[object]:
@@ -227,6 +246,21 @@ CASES: dict[str, Case] = {
         lambda c: check_fps(c, "--report", c.tmp / "r.pdf"),
         "--report needs --out, --key and --cert",
     ),
+    "check/report-fails-after-the-findings-are-made": Case(
+        lambda c: check_fps(
+            c,
+            "--out",
+            c.tmp / "case",
+            "--key",
+            c.world.key,
+            "--cert",
+            c.world.cert,
+            "--report",
+            c.tmp / "case.pdf",
+            victim=signed_by_another_key(c),
+        ),
+        ("refusing to render: the victim fingerprint", "does not verify"),
+    ),
     # report
     "report/findings-fail-verification": Case(
         lambda c: report(c, tampered_findings(c), "--cert", c.world.cert),
@@ -242,6 +276,13 @@ CASES: dict[str, Case] = {
     ),
     "report/not-a-findings-folder": Case(
         lambda c: report(c, c.world.fp, "--cert", c.world.cert), "holds no findings.json"
+    ),
+    # the case identifier is printed on every page: a label, not a sentence (issue 16, item 1)
+    "report/case-id-is-a-sentence": Case(
+        lambda c: report(
+            c, c.world.findings, "--cert", c.world.cert, "--case-id", "Verdict: unrelated"
+        ),
+        ("--case-id 'Verdict: unrelated' is not a case identifier", "letters, digits"),
     ),
     # verify (a file that is not a valid report is a result, exit 1, as documented)
     "verify/random-file": Case(

@@ -83,16 +83,24 @@ def test_the_accuracy_benchmark_runs_on_small_models(tmp_path: Path, probes) -> 
 
     victim = make_model(tmp_path / "victim", probes.texts, seed=0)
     unrelated = [make_model(tmp_path / f"u{s}", probes.texts, seed=s) for s in (31, 32)]
+    encoder = make_model(tmp_path / "bert", probes.texts, seed=7, family="bert")  # as MiniLM
     done = run(
         sys.executable, ROOT / "bench/accuracy.py", "--smollm2", victim,
-        "--unrelated", unrelated[0], "--unrelated", unrelated[1],
-        "--finetune-steps", 5, "--tiny-steps", 5,
+        "--unrelated", unrelated[0], "--unrelated", unrelated[1], "--minilm", encoder,
+        "--finetune-steps", 5, "--tiny-steps", 5, "--same-arch-steps", 2, "--bert-steps", 2,
+        "--probes-limit", 200,
         "--cache", tmp_path / "cache", "--json", tmp_path / "accuracy.json",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "accuracy.json").read_text())
     assert result["confusion"]["unrelated"]["derived"] == 0  # no false positive
-    assert sum(result["confusion"]["derived"].values()) == 9
+    assert sum(result["confusion"]["derived"].values()) == 11  # 10 of the decoder, 1 encoder
+    rows = result["rows"]
+    assert sum(r["suspect"].startswith("same architecture") for r in rows) == 6
+    for row in rows:  # every test's p-value is in every row
+        assert row["mean_test_p_value"] is not None and row["layer_test"]["p_value"] is not None
+        assert row["units_test"]["ran"] and row["log10_p_value"] is not None
+    assert "combined p" in done.stdout and "units p" in done.stdout
 
 
 def test_the_demo_runs_to_its_summary_table(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 from reef_forensics import FingerprintError, ProbeSet, fingerprint_model, read_fingerprint
 from reef_forensics.digests import canonical_json, sha256_file
-from reef_forensics.fingerprint import FORMAT_VERSION, MANIFEST, PROBES, REPRESENTATIONS
+from reef_forensics.fingerprint import FORMAT_VERSION, MANIFEST, PROBES, REPRESENTATIONS, UNITS
 from reef_forensics.safetensors_file import StreamWriter
 
 
@@ -205,6 +205,7 @@ def test_manifest_records_file_digests(fingerprints: dict[str, Path]) -> None:
     assert fp.manifest["files"] == {
         PROBES: sha256_file(fp.path / PROBES),
         REPRESENTATIONS: sha256_file(fp.path / REPRESENTATIONS),
+        UNITS: sha256_file(fp.path / UNITS),
     }
 
 

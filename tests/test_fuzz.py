@@ -14,11 +14,15 @@ deadline (2 s): a hang. ``derandomize=True`` makes every run try the same exampl
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
+import logging
 import math
+import select
 import shutil
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -602,6 +606,142 @@ def test_a_client_that_sends_less_than_it_announced_is_dropped(receiver: tuple[s
     assert time.monotonic() - started < 5
     answer = exchange(receiver, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.0 200"), answer
+
+
+# --- what one client can hold (issue 16, item 7) --------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_receiver(queue: JobQueue, **options: Any) -> Iterator[tuple[str, int]]:
+    server = make_server("127.0.0.1", 0, queue, SECRET, 300, **options)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1", server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def signed_post(delivery_id: str, *, now: int | None = None) -> bytes:
+    """A delivery that the receiver accepts, as raw HTTP."""
+    body = compact(VALID_PAYLOAD)
+    stamp = str(int(time.time()) if now is None else now)
+    return (
+        b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-MLflow-Delivery-Id: {delivery_id}\r\nX-MLflow-Timestamp: {stamp}\r\n".encode()
+        + f"X-MLflow-Signature: {signature(SECRET, delivery_id, stamp, body)}\r\n".encode()
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+def trickle_until_closed(address: tuple[str, int], request: bytes, give_up: float) -> float | None:
+    """Send ``request`` a byte every 0.3 s (well inside any read timeout) and return the seconds
+    until the server closed the connection, or None if it still held it after ``give_up``."""
+    started = time.monotonic()
+    with socket.create_connection(address, timeout=5) as connection:
+        for byte in request:
+            if time.monotonic() - started > give_up:
+                return None
+            try:
+                connection.sendall(bytes([byte]))
+            except OSError:  # reset by a server that closed
+                return time.monotonic() - started
+            readable, _, _ = select.select([connection], [], [], 0.3)
+            if readable:
+                try:
+                    if connection.recv(65536) == b"":
+                        return time.monotonic() - started
+                except OSError:
+                    return time.monotonic() - started
+    return None  # the whole request went through: nothing stopped it
+
+
+def test_a_client_trickling_a_byte_at_a_time_is_dropped_at_the_request_deadline(
+    tmp_path: Path,
+) -> None:
+    """The attack: a byte every 0.3 s never trips a 1 s read timeout, so a receiver that bounds
+    each read, not the request, gives the client its thread for as long as it keeps trickling
+    (the signed delivery below would take over 100 s). The deadline (2 s) ends it."""
+    request = signed_post("trickle")
+    assert len(request) * 0.3 > 100
+    with running_receiver(
+        JobQueue(tmp_path / "q.sqlite"), read_timeout=1.0, request_timeout=2.0
+    ) as address:
+        held = trickle_until_closed(address, request, give_up=15)
+        assert held is not None, "the receiver still held the trickling client after 15 s"
+        assert 1.5 < held < 6, held
+        answer = exchange(address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.0 200"), answer
+
+
+def test_connections_beyond_the_handler_cap_are_refused_at_once(tmp_path: Path) -> None:
+    """The attack: open connections and send nothing. Each held a thread of its own, with no cap;
+    now the third of a cap of 2 is answered 503 at once, and served again once one is freed."""
+    get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    with running_receiver(
+        JobQueue(tmp_path / "q.sqlite"), read_timeout=30.0, request_timeout=30.0, max_handlers=2
+    ) as address:
+        idle = [socket.create_connection(address, timeout=5) for _ in range(2)]
+        try:
+            time.sleep(0.5)  # both accepted, each holding a handler
+            started = time.monotonic()
+            answer = exchange(address, get)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 503"), answer
+            assert b"Retry-After: 5" in head and json.loads(body)["error"].startswith("busy")
+            assert time.monotonic() - started < 2
+        finally:
+            for connection in idle:
+                connection.close()  # the handlers see the hang-up and free their slots
+        deadline = time.monotonic() + 5
+        while (answer := exchange(address, get)).startswith(b"HTTP/1.0 503"):
+            assert time.monotonic() < deadline, "the slots were not freed"
+            time.sleep(0.1)
+        assert answer.startswith(b"HTTP/1.0 200"), answer
+
+
+class SlowQueue(JobQueue):
+    """A queue whose enqueue takes 0.5 s: time for the client to hang up before the answer."""
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> bool:
+        time.sleep(0.5)
+        return super().enqueue(*args, **kwargs)
+
+
+def test_a_client_that_hangs_up_before_its_answer_draws_no_traceback(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack: send a delivery, then reset the connection before the answer is written.
+    socketserver printed the BrokenPipe/ConnectionReset traceback on stderr; now it is one line
+    in the receiver's log."""
+    caplog.set_level(logging.INFO, logger="reef_forensics.plugins.webhook")
+    queue = SlowQueue(tmp_path / "q.sqlite")
+    with running_receiver(queue) as address:
+        connection = socket.create_connection(address, timeout=5)
+        connection.sendall(signed_post("hang-up"))
+        time.sleep(0.2)  # the receiver has read it and is queueing the version
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()  # a reset: the answer has nowhere to go
+        deadline = time.monotonic() + 5
+        while not any("connection ended" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+            time.sleep(0.05)
+    assert [(j.name, j.version) for j in queue.jobs()] == [("m", "1")]  # queued all the same
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err
+
+
+def test_get_tells_unauthenticated_callers_no_queue_counts(tmp_path: Path) -> None:
+    """``GET /`` answered the queue's counts (pending, running, failed ...) to anyone."""
+    queue = JobQueue(tmp_path / "q.sqlite")
+    queue.enqueue("secret-model", "1", None)
+    with running_receiver(queue) as address:
+        for path in (b"/", b"/webhook", b"/status"):
+            answer = exchange(address, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 200") and json.loads(body) == {"status": "ok"}
 
 
 @pytest.mark.parametrize(

@@ -15,19 +15,29 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reef_forensics import ProbeSet, fingerprint_model
 from reef_forensics.cli import main
 from reef_forensics.errors import BadInputError, ModelLoadError
-from reef_forensics.gguf_file import MAX_ARRAY_ITEMS, read_gguf_header
+from reef_forensics.gguf_file import (
+    FREE_ARRAY_ITEMS,
+    MAX_ARRAY_ITEMS,
+    MAX_METADATA_BYTES,
+    TENSOR_BYTES_PER_ITEM,
+    read_gguf_header,
+)
 from reef_forensics.keys import generate_keys
 from reef_forensics.models import resolve_model
 from reef_forensics.safetensors_file import MAX_HEADER
+
+from .test_mlflow import deployment, offline  # noqa: F401  (fixtures: a real MLflow server)
 
 REEF = str(Path(sys.executable).parent / "reef-forensics")
 #: The most memory (bytes, traced by tracemalloc) refusing one hostile file may take.
@@ -456,11 +466,56 @@ def test_a_hostile_gguf_header_is_refused_in_one_line_within_bounded_memory(
 
 def test_metadata_arrays_are_capped_at_max_array_items(tmp_path: Path) -> None:
     path = tmp_path / "cap.gguf"
-    path.write_bytes(uint8_array_file(MAX_ARRAY_ITEMS))
-    assert read_gguf_header(path).metadata_keys == ("evil.bytes",)
     path.write_bytes(uint8_array_file(MAX_ARRAY_ITEMS + 1))
     with pytest.raises(BadInputError, match=f"would hold more than {MAX_ARRAY_ITEMS}"):
         read_gguf_header(path)
+
+
+def gguf_with_array_and_tensor(path: Path, items: int, tensor_bytes: int) -> Path:
+    """A GGUF file: one metadata array of ``items`` zero bytes and one F32 tensor of
+    ``tensor_bytes`` bytes (left sparse: the header check never reads tensor data)."""
+    header = b"GGUF" + struct.pack("<IQQ", 3, 1 if tensor_bytes else 0, 1)
+    header += gguf_string(b"evil.bytes") + struct.pack("<IIQ", 9, 0, items) + bytes(items)
+    if tensor_bytes:
+        header += gguf_string(b"t") + struct.pack("<IQIQ", 1, tensor_bytes // 4, 0, 0)
+    header += bytes(-len(header) % 32)
+    with path.open("wb") as handle:
+        handle.write(header)
+        handle.truncate(len(header) + tensor_bytes)
+    return path
+
+
+def test_metadata_arrays_are_capped_by_the_tensor_data_they_come_with(tmp_path: Path) -> None:
+    """gguf's reader takes about 1 KB per array item: items beyond FREE_ARRAY_ITEMS need
+    TENSOR_BYTES_PER_ITEM bytes of tensors each, which a real vocabulary's embedding has."""
+    path = tmp_path / "items.gguf"
+    gguf_with_array_and_tensor(path, FREE_ARRAY_ITEMS, 0)
+    assert read_gguf_header(path).metadata_keys == ("evil.bytes",)
+    gguf_with_array_and_tensor(path, FREE_ARRAY_ITEMS + 1, 0)
+    with pytest.raises(BadInputError, match="bytes of tensor data allow"):
+        read_gguf_header(path)
+    extra, tensor_bytes = 1000, 1000 * TENSOR_BYTES_PER_ITEM
+    gguf_with_array_and_tensor(path, FREE_ARRAY_ITEMS + extra, tensor_bytes)
+    assert [t.end - t.begin for t in read_gguf_header(path).tensors] == [tensor_bytes]
+    gguf_with_array_and_tensor(path, FREE_ARRAY_ITEMS + extra + 1, tensor_bytes)
+    with pytest.raises(BadInputError, match=f"more than its {tensor_bytes} bytes of tensor"):
+        read_gguf_header(path)
+
+
+def test_metadata_is_capped_by_bytes(tmp_path: Path) -> None:
+    """One string of more than MAX_METADATA_BYTES (sparse: it is skipped, never read)."""
+    path = tmp_path / "long.gguf"
+    for length, refused in ((1 << 20, False), (MAX_METADATA_BYTES + 1, True)):
+        header = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + gguf_string(b"evil.text")
+        header += struct.pack("<IQ", 8, length)
+        with path.open("wb") as handle:
+            handle.write(header)
+            handle.truncate(len(header) + length)
+        if refused:
+            with pytest.raises(BadInputError, match="metadata takes more than"):
+                read_gguf_header(path)
+        else:
+            assert read_gguf_header(path).metadata_keys == ("evil.text",)
 
 
 def child_peak_rss(args: list[str], folder: Path) -> tuple[int, str, int]:
@@ -607,3 +662,377 @@ def test_weights_missing_from_the_checkpoint_are_refused_not_made_up(
     assert code == 2, err
     assert "the weights lack" in one_error_line(err) and "refused" in err
     assert not (tmp_path / "fp").exists()
+
+
+# --- hostile tokenizers (issue 16) ---------------------------------------------------------------
+
+#: Catastrophic backtracking: Oniguruma gives up after 10 million retries in one match, and
+#: tokenizers panics (pyo3_runtime.PanicException, a BaseException).
+PANIC_REGEX = r"(?:.|..)+(?=[^\s\S])"
+#: Just short of that limit at each position: no panic, about 20 s per probe text here.
+SLOW_REGEX = r"(?:.|.){0,22}(?=[^\s\S])"
+#: An ordinary word-splitting pre-tokenizer regex, as real tokenizers have.
+PLAIN_REGEX = r"\s?\w+|\s?[^\s\w]+|\s+"
+
+
+def regex_tokenizer_model(zoo: dict[str, Path], folder: Path, pattern: str) -> Path:
+    """The victim, its pre-tokenizer preceded by a Split on ``pattern``."""
+    shutil.copytree(zoo["victim"], folder)
+    path = folder / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    split = {
+        "type": "Split",
+        "pattern": {"Regex": pattern},
+        "behavior": "Isolated",
+        "invert": False,
+    }
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [split, spec["pre_tokenizer"]]}
+    path.write_text(json.dumps(spec))
+    return folder
+
+
+@pytest.fixture
+def probe_file(tmp_path: Path, small_probes: ProbeSet) -> Path:
+    path = tmp_path / "probes.txt"
+    path.write_text("\n".join(small_probes.texts[:12]) + "\n")
+    return path
+
+
+def test_the_hostile_regex_makes_tokenizers_panic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control: the regex does crash the library, with an exception `except Exception`
+    does not catch."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    monkeypatch.setenv("RUST_BACKTRACE", "0")
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(PANIC_REGEX), "isolated")
+    with pytest.raises(BaseException) as caught:  # the point: it is no Exception
+        tokenizer.encode("a probe text of the usual length, long enough to backtrack")
+    assert type(caught.value).__name__ == "PanicException"
+    assert not isinstance(caught.value, Exception)
+
+
+def test_a_panicking_tokenizer_is_refused_by_a_real_process_in_one_line(
+    zoo: dict[str, Path], tmp_path: Path, probe_file: Path
+) -> None:
+    """With RUST_BACKTRACE=1 the panic used to print its report, a backtrace of about 400 lines
+    and a Python traceback, and exit 1."""
+    folder = regex_tokenizer_model(zoo, tmp_path / "hostile", PANIC_REGEX)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [REEF, "fingerprint", str(folder), "--out", str(out), "--probes", str(probe_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "RUST_BACKTRACE": "1"},
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = one_error_line(done.stderr)
+    assert "tokenizer" in line and "crashed" in line and "backtracks catastrophically" in line
+    assert "panicked at" not in done.stderr and done.stdout == ""
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["fingerprint", "check-suspect"])
+def test_a_panic_inside_this_process_is_refused_and_its_report_kept_off_stderr(
+    capfd: pytest.CaptureFixture[str],
+    zoo: dict[str, Path],
+    victim_fp: Path,
+    tmp_path: Path,
+    probe_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """Without the trial in a child process the tokenizer panics here: the panic becomes one
+    error line, and Rust's report (written to file descriptor 2) is not shown."""
+    monkeypatch.setattr("reef_forensics.native.time_trial", lambda tokenizer, texts: None)
+    monkeypatch.setenv("RUST_BACKTRACE", "1")
+    folder = regex_tokenizer_model(zoo, tmp_path / "hostile", PANIC_REGEX)
+    args = [str(a) for a in PICKLE_COMMANDS[command][0](folder, victim_fp, tmp_path)]
+    if command == "fingerprint":
+        args += ["--probes", str(probe_file)]
+    capfd.readouterr()
+    code = main(args)
+    captured = capfd.readouterr()
+    assert code == 2, captured.err
+    line = one_error_line(captured.err)
+    assert "crashed (a panic in native code" in line
+    assert "panicked at" not in captured.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_that_backtracks_without_end_is_stopped_at_its_time_limit(
+    capsys: pytest.CaptureFixture[str],
+    zoo: dict[str, Path],
+    tmp_path: Path,
+    probe_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No panic, about 20 s per text: the trial process is killed at the limit (3 s here)."""
+    monkeypatch.setattr("reef_forensics.native.TIME_LIMIT_SECONDS", 3.0)
+    monkeypatch.setattr("reef_forensics.native.TIME_PER_TEXT_SECONDS", 0.0)
+    folder = regex_tokenizer_model(zoo, tmp_path / "slow", SLOW_REGEX)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    code, _, err = run_cli(capsys, "fingerprint", folder, "--out", out, "--probes", probe_file)
+    seconds = time.monotonic() - started
+    assert code == 2, err
+    assert "took more than 3 s on 12 text(s) and was stopped" in one_error_line(err)
+    assert seconds < 60, seconds
+    assert not out.exists()
+
+
+def test_a_tokenizer_with_an_ordinary_regex_passes_its_trial(
+    capsys: pytest.CaptureFixture[str], zoo: dict[str, Path], tmp_path: Path, probe_file: Path
+) -> None:
+    from reef_forensics.models import load_model
+    from reef_forensics.native import has_regex
+
+    folder = regex_tokenizer_model(zoo, tmp_path / "plain", PLAIN_REGEX)
+    assert has_regex(load_model(resolve_model(folder)).tokenizer.backend_tokenizer)
+    code, _, err = run_cli(
+        capsys, "fingerprint", folder, "--out", tmp_path / "fp", "--probes", probe_file
+    )
+    assert code == 0, err
+    assert (tmp_path / "fp" / "fingerprint.json").is_file()
+
+
+def test_a_real_worker_survives_a_panicking_tokenizer_and_fails_the_job_at_once(
+    deployment: dict[str, Any],  # noqa: F811
+    zoo: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """A version whose tokenizer panics, then an ordinary one, queued by a real MLflow server:
+    one worker process takes both, fails the first on its first attempt (the model's fault: no
+    retry) and fingerprints the second. Before, the panic killed the worker and the job stayed
+    `running` until its lease ran out, for every worker that took it."""
+    from mlflow import MlflowClient
+
+    from reef_forensics.jobqueue import JobQueue
+
+    from .test_mlflow import PASS, tags
+
+    url = deployment["url"]
+    client = MlflowClient(url, url)
+    experiment = client.create_experiment(
+        "hostile-tokenizer", artifact_location=str(tmp_path / "artifacts")
+    )
+    models = {
+        "hostile-tokenizer": regex_tokenizer_model(zoo, tmp_path / "hostile", PANIC_REGEX),
+        "after-hostile-tokenizer": zoo["victim"],
+    }
+    for name, folder in models.items():  # in this order: the hostile job comes first
+        run = client.create_run(experiment)
+        client.log_artifacts(run.info.run_id, str(folder), artifact_path="model")
+        client.create_registered_model(name)
+        client.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id)
+    log = deployment["root"] / "worker-logs" / "hostile-tokenizer.log"
+    log.parent.mkdir(exist_ok=True)
+    with log.open("w+") as output:
+        done = subprocess.run(
+            [REEF, "worker", "--config", str(deployment["config"]), "--until-empty"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "REEF_KEY_PASSPHRASE": PASS, "RUST_BACKTRACE": "1"},
+            timeout=600,
+            check=False,
+        )
+        output.seek(0)
+        text = output.read()
+    assert done.returncode == 0, text[-3000:]
+    assert "2 job(s) handled" in text, text[-3000:]
+    assert "panicked at" not in text and "Traceback" not in text, text[-3000:]
+    jobs = {j.name: j for j in JobQueue(deployment["queue"]).jobs()}
+    hostile = jobs["hostile-tokenizer"]
+    assert hostile.state == "failed" and hostile.attempts == 1, hostile
+    assert "cannot be fingerprinted" in (hostile.last_error or "")
+    assert "crashed (a panic in native code" in (hostile.last_error or "")
+    assert jobs["after-hostile-tokenizer"].state == "done"
+    found = tags(url, "hostile-tokenizer", 1)
+    assert found["reef.status"] == "failed" and "tokenizer" in found["reef.status.reason"]
+    assert tags(url, "after-hostile-tokenizer", 1)["reef.status"] == "done"
+
+
+# --- configs and metadata that imply more than the files hold (issue 16) -------------------------
+
+#: The most a refusal may add to a real process's resident memory (its peak over its baseline).
+GROWTH_BOUND = 300 * 1024 * 1024
+#: Dimensions of a 1B model, claimed by a config beside weights that do not have them.
+BIG = {
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "vocab_size": 32000,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "head_dim": 64,
+}
+
+
+def victim_with(zoo: dict[str, Path], folder: Path, tensors: Any = None, **config: Any) -> Path:
+    """The victim with ``config`` merged into its config.json and, given ``tensors`` (a
+    function of the victim's weights), other weights."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(zoo["victim"], folder)
+    settings = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**settings, **config}))
+    if tensors is not None:
+        weights = tensors(load_file(folder / "model.safetensors"))
+        if weights is None:  # the 40-byte file: a header with no tensors
+            header = b'{"__metadata__":{"a":"bbbbbbb"}}'
+            (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+        else:
+            save_file(weights, folder / "model.safetensors")
+    return folder
+
+
+def gguf_with_entry(valid: Path, target: Path, name: bytes, value: bytes) -> Path:
+    """``valid`` with one more metadata entry, its key padded so that every tensor still lies
+    where it says (the entry is a multiple of the 32-byte alignment long)."""
+    for pad in range(32):
+        entry = gguf_string(name + b"x" * pad) + value
+        if len(entry) % 32 == 0:
+            break
+    data = bytearray(valid.read_bytes())
+    (metadata_count,) = struct.unpack_from("<Q", data, 16)
+    struct.pack_into("<Q", data, 16, metadata_count + 1)
+    target.write_bytes(bytes(data[:24]) + entry + bytes(data[24:]))
+    return target
+
+
+def one_value_tensors(count: int) -> dict[str, Any]:
+    import torch
+
+    return {f"pad.{i}": torch.zeros(1) for i in range(count)}
+
+
+def allocation_cases(zoo: dict[str, Path], root: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (hostile model, what its error line says)."""
+    from .gguf_export import export_llama_gguf
+
+    def deep_gguf() -> Path:
+        folder = victim_with(zoo, root / "deep-src", num_hidden_layers=10_000)
+        (root / "deep-gguf").mkdir()
+        return export_llama_gguf(folder, root / "deep-gguf" / "deep.gguf")
+
+    items = 2_000_000  # just under MAX_ARRAY_ITEMS
+    assert items < MAX_ARRAY_ITEMS
+    return {
+        "config 1B, 40-byte weights": (
+            victim_with(zoo, root / "a", lambda w: None, num_hidden_layers=8, **BIG),
+            "declares 8 layers, but the weights hold only 0 tensor(s)",
+        ),
+        "config 1B, 100 one-value tensors": (
+            victim_with(
+                zoo, root / "b", lambda w: one_value_tensors(100), num_hidden_layers=8, **BIG
+            ),
+            "the weights lack 74 of the architecture's parameters",
+        ),
+        "config 1B, the real weights": (
+            victim_with(zoo, root / "c", **BIG),
+            "its configuration gives embed_tokens.weight the shape (32000, 2048), its weights (512, 64)",
+        ),
+        "config of 10,000 layers, the real weights": (
+            victim_with(zoo, root / "d", num_hidden_layers=10_000),
+            "declares 10000 layers, more than 1024",
+        ),
+        "config of 1,000 layers, the real weights and 1,000 one-value tensors": (
+            victim_with(
+                zoo, root / "e", lambda w: {**w, **one_value_tensors(1000)}, num_hidden_layers=1000
+            ),
+            "the weights lack 8964 of the architecture's parameters",
+        ),
+        "GGUF of 10,000 blocks": (deep_gguf(), "declares 10000 layers, more than 1024"),
+        "GGUF with a 2,000,000-item uint8 array": (
+            gguf_with_entry(
+                zoo["gguf"],
+                root / "items.gguf",
+                b"evil.",
+                struct.pack("<IIQ", 9, 0, items) + bytes(items),
+            ),
+            f"its metadata arrays hold {items + 1276} items",
+        ),
+        "GGUF with 2,000,000 empty strings": (
+            gguf_with_entry(
+                zoo["gguf"],
+                root / "strings.gguf",
+                b"evil.",
+                struct.pack("<IIQ", 9, 8, items) + bytes(8 * items),
+            ),
+            f"its metadata arrays hold {items + 1276} items",
+        ),
+    }
+
+
+#: Run in a child process: import what loading a model imports, then for each case hand freed
+#: memory back (malloc_trim: what one case freed must not hide what the next allocates), reset
+#: the peak (/proc/self/clear_refs), take the resident size as the baseline, run `fingerprint`,
+#: and read the peak (VmHWM): bench/bench_memory.py's measurement, one case after another.
+_MEASURE = """
+import contextlib, ctypes, gc, io, json, sys
+from pathlib import Path
+
+import gguf, torch, transformers
+import transformers.models.llama.modeling_llama
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from reef_forensics.cli import main
+import reef_forensics.fingerprinting
+
+def status(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+spec = json.loads(sys.argv[1])
+main(["fingerprint", spec["warmup"], "--out", spec["out"]])  # first use of transformers' config
+results = {}
+for name, model in spec["cases"].items():
+    gc.collect()
+    ctypes.CDLL(None).malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    baseline = status("VmRSS")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["fingerprint", model, "--out", spec["out"]])
+    results[name] = {"code": code, "err": err.getvalue(), "baseline": baseline,
+                     "peak": status("VmHWM")}
+print(json.dumps(results))
+"""
+
+
+def test_hostile_configs_and_metadata_are_refused_before_they_allocate(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    """Each case used to allocate what it declares before being refused (or loaded): 2.35 GB
+    for the 40-byte weights, 2.55 GB and 84 s for 10,000 layers, 1.94 GB and 3.68 GB for the
+    GGUF arrays (measured with /usr/bin/time -v). Now each is refused within GROWTH_BOUND of
+    its process's baseline."""
+    cases = allocation_cases(zoo, tmp_path)
+    warmup = victim_with(
+        zoo, tmp_path / "warmup", lambda w: {k: v for k, v in w.items() if ".layers.1." not in k}
+    )
+    spec = {
+        "warmup": str(warmup),
+        "out": str(tmp_path / "out"),
+        "cases": {name: str(model) for name, (model, _) in cases.items()},
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (_, message) in cases.items():
+        result = results[name]
+        grown = result["peak"] - result["baseline"]
+        print(
+            f"hostile model {name}: refused, peak {result['peak'] / 2**20:.0f} MiB, "
+            f"{grown / 2**20:.0f} MiB over its baseline"
+        )
+        assert result["code"] == 2, result["err"]
+        assert message in one_error_line(result["err"]), result["err"]
+        assert grown < GROWTH_BOUND, f"{name}: grew {grown / 2**20:.0f} MiB"
+    assert not (tmp_path / "out").exists()

@@ -7,8 +7,12 @@ the first tests here prove that scan can fail."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,6 +106,7 @@ def test_readable_key_and_passphrase_files_are_warned_about(
     target = tmp_path / "fp"
     shutil.copytree(fingerprints["victim"], target)
     args = ["sign", target, "--key", keys.private_key, "--passphrase-file", secret_file]
+    args += ["--cert", keys.signer_certificate]  # no warning that a bare key cannot chain to a CA
     code, text = run(capsys, *args)
     assert code == 0 and "warning" not in text  # 0600 files: nothing to say
     secret_file.chmod(0o644)
@@ -123,6 +128,52 @@ def test_readable_key_and_passphrase_files_are_warned_about(
     said = " ".join(r.getMessage() for r in caplog.records)
     assert f"{keys.private_key} can be read by other users" in said
     assert f"{secret_file} can be read by other users" in said
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="Linux /proc only")
+def test_the_passphrase_leaves_proc_environ_once_the_key_is_loaded(tmp_path: Path) -> None:
+    """The attack: another process of the same user reads ``/proc/PID/environ`` of a running
+    worker. ``os.environ.pop`` left the passphrase there for the life of the process; now the
+    worker wipes it from its initial environment block once the key is loaded (and leaves the
+    other variables as they were)."""
+    keys = generate_keys(tmp_path / "keys", SECRET_PASSPHRASE.encode())
+    JobQueue(tmp_path / "queue.sqlite")
+    config = tmp_path / "reef.toml"
+    config.write_text(
+        f'tracking_uri = "sqlite:///{tmp_path / "mlflow.db"}"\nqueue = "queue.sqlite"\n'
+        f'work_dir = "work"\n[signing]\nkey = "{keys.private_key}"\n'
+        f'cert = "{keys.signer_certificate}"\n'
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("REEF_", "MLFLOW_"))},
+        "REEF_KEY_PASSPHRASE": SECRET_PASSPHRASE,
+        "REEF_NEIGHBOUR": "kept-as-it-was",
+    }
+    reef = Path(sys.executable).parent / "reef-forensics"
+    process = subprocess.Popen(
+        [str(reef), "worker", "--config", str(config), "--poll", "0.2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    environ = Path(f"/proc/{process.pid}/environ")
+    secret = SECRET_PASSPHRASE.encode()
+    try:
+        deadline = time.monotonic() + 120
+        while not environ.read_bytes():  # the kernel is still setting up the new program
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert secret in environ.read_bytes()  # there at the start: what the attack reads
+        while secret in environ.read_bytes():
+            assert process.poll() is None, "the worker stopped before loading its key"
+            assert time.monotonic() < deadline, "the passphrase stayed in /proc/PID/environ"
+            time.sleep(0.1)
+        left = environ.read_bytes()
+        assert process.poll() is None  # wiped while it runs, not gone because it ended
+        assert b"REEF_KEY_PASSPHRASE" not in left and b"REEF_NEIGHBOUR=kept-as-it-was" in left
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
 
 
 def test_the_webhook_signature_is_compared_in_constant_time(
