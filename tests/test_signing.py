@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from reef_forensics.digests import canonical_json
 from reef_forensics.errors import KeyMaterialError, SignatureError
 from reef_forensics.evidence import verify_evidence
-from reef_forensics.fingerprint import MANIFEST, PROBES, REPRESENTATIONS
+from reef_forensics.fingerprint import MANIFEST, PROBES, REPRESENTATIONS, UNITS
 from reef_forensics.keys import (
     describe_key_file,
     generate_keys,
@@ -193,6 +193,7 @@ def test_bundle_lists_every_file_but_itself(signed: Path) -> None:
         MANIFEST,
         PROBES,
         REPRESENTATIONS,
+        UNITS,
     ]
     assert SIGNATURE_NAME in statement["predicate"]["serialization"]["ignore_paths"]
 
