@@ -77,6 +77,7 @@ from .signing import (
     chain_to_roots,
     verify_bundle_over,
 )
+from .timestamps import check_timestamps, signature_token_certificates, timestamp_context
 
 #: The numbers a report prints from measurements: decimals and exponents (digests and counts
 #: are checked through the attachments).
@@ -105,18 +106,20 @@ def verify_report(
     except Exception as exc:  # a damaged or hostile file is a failed check, never a crash
         result.add("pdf", False, f"the PDF cannot be read: {first_line(exc)}")
         return result
-    if len(signatures) != 1:
-        result.add(
-            "pdf",
-            False,
-            "the PDF carries no signature: it is not a signed reef-forensics report"
-            if not signatures
-            else f"the PDF carries {len(signatures)} signatures; a report carries exactly one",
-        )
+    found = _signatures(signatures, result)
+    if found is None:
         return result
-    result.add("pdf", True, "a PDF with exactly one signature")
-    _check_signature_bytes(data, signatures[0], result)
-    signer_cert = _check_pdf_signature(signatures[0], trust, result)
+    certification, stamps = found
+    _check_signature_bytes(data, certification, result)
+    for stamp in stamps:
+        _check_signature_bytes(data, stamp, result, "document timestamp bytes")
+    signer_cert = _check_pdf_signature(certification, trust, result, stamps, len(data))
+    if stamps or _signed_end(certification) != len(data):
+        # what the certification signature signed: its revision, read on its own (pyHanko's
+        # difference analysis has said whether anything but validation data and timestamps
+        # came after it)
+        data = data[: _signed_end(certification)]
+        reader = PdfFileReader(io.BytesIO(data))
     attachments = _attachments(reader, result)
     if attachments is None:
         return result
@@ -141,11 +144,47 @@ def verify_report(
     return result
 
 
+def _signatures(
+    signatures: Sequence[Any], result: VerificationResult
+) -> tuple[Any, list[Any]] | None:
+    """The certification signature, and the document timestamps that may follow it (B-LTA)."""
+    ordered = sorted(signatures, key=_signed_end)
+    kinds = [str(s.sig_object_type) for s in ordered]
+    approvals = kinds.count("/Sig")
+    if approvals != 1 or kinds[0] != "/Sig":
+        result.add(
+            "pdf",
+            False,
+            "the PDF carries no signature: it is not a signed reef-forensics report"
+            if not approvals
+            else f"the PDF carries {approvals} signatures; a report carries exactly one"
+            if approvals > 1
+            else "a document timestamp precedes the report's signature",
+        )
+        return None
+    stamps = ordered[1:]
+    result.add(
+        "pdf",
+        True,
+        "a PDF with exactly one signature"
+        + (f", and {len(stamps)} document timestamp(s) after it" if stamps else ""),
+    )
+    return ordered[0], stamps
+
+
+def _signed_end(embedded: Any) -> int:
+    """Where the bytes a signature covers end: the end of its revision."""
+    _, _, start, length = (int(n) for n in embedded.byte_range)
+    return start + length
+
+
 #: The signature's /Contents as a report is written: hex digits of one letter case, no spaces.
 _CONTENTS = re.compile(rb"<([0-9A-F]*|[0-9a-f]*)>")
 
 
-def _check_signature_bytes(data: bytes, embedded: Any, result: VerificationResult) -> None:
+def _check_signature_bytes(
+    data: bytes, embedded: Any, result: VerificationResult, name: str = "signature bytes"
+) -> None:
     """The gap the /ByteRange leaves (the signature's own hex string) in its one written form.
 
     The signed digest cannot cover these bytes, and a PDF reader takes ``A`` and ``a`` for the
@@ -165,14 +204,10 @@ def _check_signature_bytes(data: bytes, embedded: Any, result: VerificationResul
         if blob != cms_blob + bytes(len(blob) - len(cms_blob)):
             raise ValueError("what follows the CMS signature is not zero padding")
     except Exception as exc:  # a damaged byte range or blob: a failed check, never a crash
-        result.add(
-            "signature bytes",
-            False,
-            f"the signature's /Contents is not as written: {first_line(exc)}",
-        )
+        result.add(name, False, f"the signature's /Contents is not as written: {first_line(exc)}")
         return
     result.add(
-        "signature bytes",
+        name,
         True,
         f"the signature's /Contents is its CMS blob ({len(cms_blob)} bytes) in hex, then zeros",
     )
@@ -192,7 +227,13 @@ def _quiet(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: VerificationResult) -> Any:
+def _check_pdf_signature(
+    embedded: Any,
+    trust: TrustPolicy,
+    result: VerificationResult,
+    stamps: Sequence[Any] = (),
+    size: int = 0,
+) -> Any:
     """pyHanko checks that the signed bytes are intact and the CMS signature sound, with the
     signer's certificate as its own anchor and no key usage of its own: whether that certificate
     may sign evidence, and whether it chains to ``trust``, is decided by the policy evidence
@@ -202,7 +243,6 @@ def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: Verification
     from pyhanko.sign.fields import MDPPerm
     from pyhanko.sign.validation import validate_pdf_signature
     from pyhanko.sign.validation.settings import KeyUsageConstraints
-    from pyhanko.sign.validation.status import SignatureCoverageLevel
     from pyhanko_certvalidator import ValidationContext
 
     try:
@@ -211,6 +251,9 @@ def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: Verification
             status = validate_pdf_signature(
                 embedded,
                 ValidationContext(trust_roots=[embedded.signer_cert], allow_fetching=False),
+                ts_validation_context=timestamp_context(
+                    trust, signature_token_certificates(embedded)
+                ),
                 key_usage_settings=KeyUsageConstraints(),
             )
     except Exception as exc:  # a malformed signature or certificate: a failed check
@@ -242,15 +285,8 @@ def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: Verification
         )
     else:
         _check_chain(embedded, leaf, trust, result)
-    whole = status.coverage == SignatureCoverageLevel.ENTIRE_FILE
-    result.add(
-        "coverage",
-        whole,
-        "the signature covers the whole file"
-        if whole
-        else f"the signature does not cover the whole file ({status.coverage}): "
-        "bytes were added after signing",
-    )
+    check_timestamps(status, stamps, trust, result)
+    _check_coverage(status, stamps, size, result)
     certified = embedded.docmdp_level == MDPPerm.NO_CHANGES and bool(status.docmdp_ok)
     result.add(
         "certification",
@@ -260,6 +296,39 @@ def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: Verification
         else "not a no-changes certification signature, or the document changed after it",
     )
     return leaf if intact else None
+
+
+def _check_coverage(
+    status: Any, stamps: Sequence[Any], size: int, result: VerificationResult
+) -> None:
+    """The signature covers the whole file (B-B, B-T), or (B-LTA) what follows it is validation
+    data and document timestamps only, as pyHanko's difference analysis finds, and the last
+    document timestamp covers the whole file."""
+    from pyhanko.sign.diff_analysis import ModificationLevel
+    from pyhanko.sign.validation.status import SignatureCoverageLevel
+
+    if status.coverage == SignatureCoverageLevel.ENTIRE_FILE:
+        result.add("coverage", True, "the signature covers the whole file")
+        return
+    maintenance = (
+        bool(stamps)
+        and status.coverage == SignatureCoverageLevel.ENTIRE_REVISION
+        and status.modification_level == ModificationLevel.LTA_UPDATES
+    )
+    last = bool(stamps) and _signed_end(stamps[-1]) == size and int(stamps[-1].byte_range[0]) == 0
+    result.add(
+        "coverage",
+        maintenance and last,
+        "the signature covers its revision; after it come only validation data and document "
+        "timestamps, the last of which covers the whole file"
+        if maintenance and last
+        else f"the signature does not cover the whole file ({status.coverage}): "
+        + (
+            "bytes were added after the last document timestamp"
+            if maintenance
+            else "bytes were added after signing"
+        ),
+    )
 
 
 def _check_chain(embedded: Any, leaf: Any, trust: TrustPolicy, result: VerificationResult) -> None:
