@@ -114,12 +114,16 @@ def verify_report(
     for stamp in stamps:
         _check_signature_bytes(data, stamp, result, "document timestamp bytes")
     signer_cert = _check_pdf_signature(certification, trust, result, stamps, len(data))
-    if stamps or _signed_end(certification) != len(data):
+    if stamps:
         # what the certification signature signed: its revision, read on its own (pyHanko's
         # difference analysis has said whether anything but validation data and timestamps
         # came after it)
-        data = data[: _signed_end(certification)]
-        reader = PdfFileReader(io.BytesIO(data))
+        try:
+            data = data[: _signed_end(certification)]
+            reader = PdfFileReader(io.BytesIO(data))
+        except Exception as exc:  # a damaged revision: a failed check, never a crash
+            result.add("pdf", False, f"the signed revision cannot be read: {first_line(exc)}")
+            return result
     attachments = _attachments(reader, result)
     if attachments is None:
         return result
@@ -173,8 +177,12 @@ def _signatures(
 
 
 def _signed_end(embedded: Any) -> int:
-    """Where the bytes a signature covers end: the end of its revision."""
-    _, _, start, length = (int(n) for n in embedded.byte_range)
+    """Where the bytes a signature covers end: the end of its revision (0 when its byte range
+    is malformed, which the signature checks then report)."""
+    try:
+        _, _, start, length = (int(n) for n in embedded.byte_range)
+    except Exception:  # a hostile byte range: no crash here
+        return 0
     return start + length
 
 
@@ -315,7 +323,7 @@ def _check_coverage(
         and status.coverage == SignatureCoverageLevel.ENTIRE_REVISION
         and status.modification_level == ModificationLevel.LTA_UPDATES
     )
-    last = bool(stamps) and _signed_end(stamps[-1]) == size and int(stamps[-1].byte_range[0]) == 0
+    last = bool(stamps) and _signed_end(stamps[-1]) == size and _starts_at_zero(stamps[-1])
     result.add(
         "coverage",
         maintenance and last,
@@ -329,6 +337,13 @@ def _check_coverage(
             else "bytes were added after signing"
         ),
     )
+
+
+def _starts_at_zero(embedded: Any) -> bool:
+    try:
+        return int(embedded.byte_range[0]) == 0
+    except Exception:  # a hostile byte range
+        return False
 
 
 def _check_chain(embedded: Any, leaf: Any, trust: TrustPolicy, result: VerificationResult) -> None:
