@@ -77,7 +77,14 @@ from .signing import (
     chain_to_roots,
     verify_bundle_over,
 )
-from .timestamps import check_timestamps, signature_token_certificates, timestamp_context
+from .timestamps import (
+    check_coverage,
+    check_timestamps,
+    signature_token_certificates,
+    signed_end,
+    split_signatures,
+    timestamp_context,
+)
 
 #: The numbers a report prints from measurements: decimals and exponents (digests and counts
 #: are checked through the attachments).
@@ -106,7 +113,7 @@ def verify_report(
     except Exception as exc:  # a damaged or hostile file is a failed check, never a crash
         result.add("pdf", False, f"the PDF cannot be read: {first_line(exc)}")
         return result
-    found = _signatures(signatures, result)
+    found = split_signatures(signatures, result)
     if found is None:
         return result
     certification, stamps = found
@@ -119,7 +126,7 @@ def verify_report(
         # difference analysis has said whether anything but validation data and timestamps
         # came after it)
         try:
-            data = data[: _signed_end(certification)]
+            data = data[: signed_end(certification)]
             reader = PdfFileReader(io.BytesIO(data))
         except Exception as exc:  # a damaged revision: a failed check, never a crash
             result.add("pdf", False, f"the signed revision cannot be read: {first_line(exc)}")
@@ -146,44 +153,6 @@ def verify_report(
             "checked for consistency with the verdict but not recomputed from the fingerprints"
         )
     return result
-
-
-def _signatures(
-    signatures: Sequence[Any], result: VerificationResult
-) -> tuple[Any, list[Any]] | None:
-    """The certification signature, and the document timestamps that may follow it (B-LTA)."""
-    ordered = sorted(signatures, key=_signed_end)
-    kinds = [str(s.sig_object_type) for s in ordered]
-    approvals = kinds.count("/Sig")
-    if approvals != 1 or kinds[0] != "/Sig":
-        result.add(
-            "pdf",
-            False,
-            "the PDF carries no signature: it is not a signed reef-forensics report"
-            if not approvals
-            else f"the PDF carries {approvals} signatures; a report carries exactly one"
-            if approvals > 1
-            else "a document timestamp precedes the report's signature",
-        )
-        return None
-    stamps = ordered[1:]
-    result.add(
-        "pdf",
-        True,
-        "a PDF with exactly one signature"
-        + (f", and {len(stamps)} document timestamp(s) after it" if stamps else ""),
-    )
-    return ordered[0], stamps
-
-
-def _signed_end(embedded: Any) -> int:
-    """Where the bytes a signature covers end: the end of its revision (0 when its byte range
-    is malformed, which the signature checks then report)."""
-    try:
-        _, _, start, length = (int(n) for n in embedded.byte_range)
-    except Exception:  # a hostile byte range: no crash here
-        return 0
-    return start + length
 
 
 #: The signature's /Contents as a report is written: hex digits of one letter case, no spaces.
@@ -294,7 +263,7 @@ def _check_pdf_signature(
     else:
         _check_chain(embedded, leaf, trust, result)
     check_timestamps(status, stamps, trust, result)
-    _check_coverage(status, stamps, size, result)
+    check_coverage(status, stamps, size, result)
     certified = embedded.docmdp_level == MDPPerm.NO_CHANGES and bool(status.docmdp_ok)
     result.add(
         "certification",
@@ -304,46 +273,6 @@ def _check_pdf_signature(
         else "not a no-changes certification signature, or the document changed after it",
     )
     return leaf if intact else None
-
-
-def _check_coverage(
-    status: Any, stamps: Sequence[Any], size: int, result: VerificationResult
-) -> None:
-    """The signature covers the whole file (B-B, B-T), or (B-LTA) what follows it is validation
-    data and document timestamps only, as pyHanko's difference analysis finds, and the last
-    document timestamp covers the whole file."""
-    from pyhanko.sign.diff_analysis import ModificationLevel
-    from pyhanko.sign.validation.status import SignatureCoverageLevel
-
-    if status.coverage == SignatureCoverageLevel.ENTIRE_FILE:
-        result.add("coverage", True, "the signature covers the whole file")
-        return
-    maintenance = (
-        bool(stamps)
-        and status.coverage == SignatureCoverageLevel.ENTIRE_REVISION
-        and status.modification_level == ModificationLevel.LTA_UPDATES
-    )
-    last = bool(stamps) and _signed_end(stamps[-1]) == size and _starts_at_zero(stamps[-1])
-    result.add(
-        "coverage",
-        maintenance and last,
-        "the signature covers its revision; after it come only validation data and document "
-        "timestamps, the last of which covers the whole file"
-        if maintenance and last
-        else f"the signature does not cover the whole file ({status.coverage}): "
-        + (
-            "bytes were added after the last document timestamp"
-            if maintenance
-            else "bytes were added after signing"
-        ),
-    )
-
-
-def _starts_at_zero(embedded: Any) -> bool:
-    try:
-        return int(embedded.byte_range[0]) == 0
-    except Exception:  # a hostile byte range
-        return False
 
 
 def _check_chain(embedded: Any, leaf: Any, trust: TrustPolicy, result: VerificationResult) -> None:

@@ -296,3 +296,84 @@ def check_timestamps(
             "the timestamp authority was not checked against a CA (verified with --key); "
             "verify with --trust CA (the TSA's CA among them) to check it"
         )
+
+
+# --- verify: the report's signatures and what follows them ---------------------------------------
+
+
+def split_signatures(
+    signatures: Sequence[Any], result: VerificationResult
+) -> tuple[Any, list[Any]] | None:
+    """The certification signature, and the document timestamps that may follow it (B-LTA)."""
+    ordered = sorted(signatures, key=signed_end)
+    kinds = [str(s.sig_object_type) for s in ordered]
+    approvals = kinds.count("/Sig")
+    if approvals != 1 or kinds[0] != "/Sig":
+        result.add(
+            "pdf",
+            False,
+            "the PDF carries no signature: it is not a signed reef-forensics report"
+            if not approvals
+            else f"the PDF carries {approvals} signatures; a report carries exactly one"
+            if approvals > 1
+            else "a document timestamp precedes the report's signature",
+        )
+        return None
+    stamps = ordered[1:]
+    result.add(
+        "pdf",
+        True,
+        "a PDF with exactly one signature"
+        + (f", and {len(stamps)} document timestamp(s) after it" if stamps else ""),
+    )
+    return ordered[0], stamps
+
+
+def signed_end(embedded: Any) -> int:
+    """Where the bytes a signature covers end: the end of its revision (0 when its byte range
+    is malformed, which the signature checks then report)."""
+    try:
+        _, _, start, length = (int(n) for n in embedded.byte_range)
+    except Exception:  # a hostile byte range: no crash here
+        return 0
+    return start + length
+
+
+def check_coverage(
+    status: Any, stamps: Sequence[Any], size: int, result: VerificationResult
+) -> None:
+    """The signature covers the whole file (B-B, B-T), or (B-LTA) what follows it is validation
+    data and document timestamps only, as pyHanko's difference analysis finds, and the last
+    document timestamp covers the whole file."""
+    from pyhanko.sign.diff_analysis import ModificationLevel
+    from pyhanko.sign.validation.status import SignatureCoverageLevel
+
+    if status.coverage == SignatureCoverageLevel.ENTIRE_FILE:
+        result.add("coverage", True, "the signature covers the whole file")
+        return
+    maintenance = (
+        bool(stamps)
+        and status.coverage == SignatureCoverageLevel.ENTIRE_REVISION
+        and status.modification_level == ModificationLevel.LTA_UPDATES
+    )
+    last = bool(stamps) and signed_end(stamps[-1]) == size and starts_at_zero(stamps[-1])
+    result.add(
+        "coverage",
+        maintenance and last,
+        "the signature covers its revision; after it come only validation data and document "
+        "timestamps, the last of which covers the whole file"
+        if maintenance and last
+        else f"the signature does not cover the whole file ({status.coverage}): "
+        + (
+            "bytes were added after the last document timestamp"
+            if maintenance
+            else "bytes were added after signing"
+        ),
+    )
+
+
+def starts_at_zero(embedded: Any) -> bool:
+    try:
+        return int(embedded.byte_range[0]) == 0
+    except Exception:  # a hostile byte range
+        return False
