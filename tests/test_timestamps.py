@@ -306,3 +306,29 @@ def test_the_configuration_and_its_environment_variable_name_the_tsa(
     with pytest.raises(Exception, match="is not one"):
         monkeypatch.delenv("REEF_TSA_URL")
         load_config(config)
+
+
+def test_check_report_with_tsa_writes_a_timestamped_report(
+    signed_case: SignedCase, tsa_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fps = signed_case.fingerprints
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REEF_KEY_PASSPHRASE", SIGNED_CASE_PASSPHRASE.decode())
+    mp.setenv("REEF_TSA_URL", tsa_url)  # the environment variable, as a deployment sets it
+    try:
+        code = main(
+            [
+                "check", "--victim", str(fps["victim"]), "--suspect", str(fps["derived"]),
+                "--reference", str(fps["unrelated"]), "--reference", str(fps["bert"]),
+                "--reference", str(fps["gpt2"]), "--out", str(tmp_path / "findings"),
+                "--key", str(signed_case.keys.private_key),
+                "--cert", str(signed_case.keys.signer_certificate),
+                "--report", str(tmp_path / "report.pdf"), "--no-progress",
+            ]
+        )  # fmt: skip
+    finally:
+        mp.undo()
+    out = capsys.readouterr().out
+    assert code == 0 and "RFC 3161 timestamp (PAdES B-T)" in out, out
+    found = verify_json(tmp_path / "report.pdf", signed_case.keys.ca_certificate, capsys)
+    assert found["valid"] and found["time"]["timestamps"][0]["kind"] == "signature"
