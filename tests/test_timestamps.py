@@ -332,3 +332,40 @@ def test_check_report_with_tsa_writes_a_timestamped_report(
     assert code == 0 and "RFC 3161 timestamp (PAdES B-T)" in out, out
     found = verify_json(tmp_path / "report.pdf", signed_case.keys.ca_certificate, capsys)
     assert found["valid"] and found["time"]["timestamps"][0]["kind"] == "signature"
+
+
+def test_single_byte_changes_to_a_b_lta_report_are_all_detected(
+    lta_report: Path, signed_case: SignedCase, tmp_path: Path
+) -> None:
+    """60 seeded single-byte changes, spread over the certified revision, the validation data
+    and the document timestamp that follow it: verify rejects every one."""
+    import random
+
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
+    from reef_forensics.errors import ReefError
+    from reef_forensics.keys import load_certificates
+    from reef_forensics.report_verification import verify_report
+    from reef_forensics.signing import TrustPolicy
+    from reef_forensics.timestamps import signed_end
+
+    original = lta_report.read_bytes()
+    certified, stamp = PdfFileReader(io.BytesIO(original)).embedded_signatures
+    bounds = [0, signed_end(certified), len(original)]  # before and after the signature's end
+    trust = TrustPolicy(roots=tuple(load_certificates(signed_case.keys.ca_certificate)))
+    rng = random.Random(17)
+    target, missed = tmp_path / "changed.pdf", []
+    for i in range(60):
+        low, high = (bounds[0], bounds[1]) if i % 2 else (bounds[1], bounds[2])
+        position, mask = rng.randrange(low, high), rng.randrange(1, 256)
+        changed = bytearray(original)
+        changed[position] ^= mask
+        target.write_bytes(bytes(changed))
+        try:
+            valid = verify_report(target, trust).valid
+        except ReefError:
+            valid = False
+        if valid:
+            missed.append((position, mask))
+    assert missed == []
+    assert signed_end(stamp) == len(original)
