@@ -3,7 +3,8 @@ of the report from that evidence, and (given the fingerprints) every number reco
 
 Checks, by name, each a pass or a fail (a report is valid only when all pass):
 
-- ``pdf``: the file is a PDF with exactly one signature;
+- ``pdf``: the file is a PDF with exactly one signature, followed only by document timestamps
+  (PAdES B-LTA, `timestamps`);
 - ``signature``: pyHanko finds the signed bytes intact and the CMS signature valid;
 - ``signature bytes``: the one part of the file the signature cannot cover, its own hex string,
   holds nothing but the CMS signature in one letter case and zero padding (a PDF reader would
@@ -11,7 +12,11 @@ Checks, by name, each a pass or a fail (a report is valid only when all pass):
 - ``certificate chain``: the signer's certificate is fit to sign evidence and chains to a trusted
   root (``--trust``; the one policy evidence bundles are held to, `signing.chain_to_roots`), or
   its key is the trusted key (``--key``);
-- ``coverage``: the signature covers the whole file (nothing appended after signing);
+- ``signature timestamp``, ``document timestamp``: each RFC 3161 token holds and its authority
+  chains to ``--trust`` with the timeStamping key usage; its time and authority are named (and
+  in ``result.time``); without any, a note says the time is the signer's clock;
+- ``coverage``: the signature covers the whole file (nothing appended after signing), or only
+  validation data and document timestamps follow it and the last timestamp covers the file;
 - ``certification``: a certification signature that permits no change, and none was made;
 - ``attached findings: ...``: the attached findings and their signature, verified as a findings
   directory (signature, trust, digests, consistency of the verdict with the numbers);

@@ -182,6 +182,8 @@ def explain_failure(exc: BaseException, stamping: Timestamping) -> TimestampErro
             f"the timestamp authority {stamping.url} gave no timestamp: {first_line(exc)}"
             + (f" ({why})" if why != first_line(exc) else "")
         )
+    if not stamping.crls:
+        return TimestampError(f"timestamping at {stamping.url} failed: {first_line(exc)}")
     return TimestampError(
         "cannot make the report B-LTA: the validation data of the signer's or the timestamp "
         f"authority's certificates is incomplete ({first_line(exc)}); give the CA with --chain "
