@@ -38,6 +38,7 @@ from .keys import (
 )
 from .probes import DEFAULT_SPEC, MIN_PROBES, ProbeSet, load_probes
 from .signing import SIGNATURE_NAME, TrustPolicy
+from .timestamps import Timestamping, level_text
 
 PROG = "reef-forensics"
 
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also render the signed PDF report (needs --out, --key and --cert)",
     )
     _add_signing_options(chk, required=False)
+    _add_timestamp_options(chk)
     _add_output_options(chk)
     chk.set_defaults(handler=_cmd_check)
 
@@ -314,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--overwrite", action="store_true", help="replace an existing report file")
     _add_signing_options(rep, required=True)
+    _add_timestamp_options(rep)
     rep.add_argument(
         "--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)"
     )
@@ -515,6 +518,29 @@ def _add_signing_options(parser: argparse.ArgumentParser, *, required: bool) -> 
     )
 
 
+def _add_timestamp_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tsa",
+        metavar="URL",
+        help="timestamp the report's signature at this RFC 3161 timestamp authority (PAdES B-T; "
+        "default $REEF_TSA_URL)",
+    )
+    parser.add_argument(
+        "--crl",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="the CA's current CRL (DER or PEM), repeated: with --tsa and --chain, embed the "
+        "validation data and add a document timestamp (PAdES B-LTA)",
+    )
+
+
+def _timestamping_from_args(args: argparse.Namespace) -> Timestamping | None:
+    from .timestamps import TSA_ENV, timestamping
+
+    return timestamping(args.tsa or os.environ.get(TSA_ENV) or None, args.crl)
+
+
 def _signer_from_args(args: argparse.Namespace) -> Signer | None:
     if not getattr(args, "key", None):
         if getattr(args, "cert", None) or getattr(args, "chain", None):
@@ -677,6 +703,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise BadInputError(
             "--report needs --out, --key and --cert (the report carries the signed findings)"
         )
+    tsa = _timestamping_from_args(args)
+    if (args.tsa or args.crl) and not args.report:
+        raise BadInputError("--tsa and --crl timestamp a report: they need --report")
     if args.report:
         _check_report_target(args.report, overwrite=args.overwrite)
     if args.out and Path(args.out).exists():
@@ -723,7 +752,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if args.report and signer is not None:
             victim_fp = Path(scratch, "victim") if victim_is_model else Path(args.victim)
             written, report = _write_findings_and_report(
-                findings, Path(args.out), Path(args.report), signer, victim_fp
+                findings, Path(args.out), Path(args.report), signer, victim_fp, tsa
             )
         elif args.out:
             written = findings.write(args.out, signer=signer, overwrite=args.overwrite)
@@ -755,7 +784,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             *[f"  {reason}" for reason in record["reasons"]],
         ]
         if args.report:
-            lines.append(f"report: {report} (signed PDF)")
+            lines.append(f"report: {report} (signed PDF{level_text(tsa)})")
         if written is not None:
             lines.append(
                 f"findings: {written}"
@@ -766,7 +795,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _write_findings_and_report(
-    findings: Any, out: Path, report: Path, signer: Signer, victim: Path
+    findings: Any,
+    out: Path,
+    report: Path,
+    signer: Signer,
+    victim: Path,
+    tsa: Timestamping | None = None,
 ) -> tuple[Path, Path]:
     """The signed findings and their report, both or neither. The findings are written into a
     hidden folder beside ``out`` under their final name (which their signature names), the
@@ -783,7 +817,7 @@ def _write_findings_and_report(
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".pending", dir=out.parent))
     try:
         staged = findings.write(stage / out.name, signer=signer).parent
-        written_report = write_report(staged, report, signer, victim=victim)
+        written_report = write_report(staged, report, signer, victim=victim, tsa=tsa)
         try:
             replace_directory(staged, out)
         except OSError:
@@ -869,16 +903,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if signer.certificate is None:
         raise BadInputError("a report is signed with a certificate: pass --cert (and --chain)")
     _check_report_target(args.out, overwrite=args.overwrite)
+    tsa = _timestamping_from_args(args)
     trust = TrustPolicy(roots=tuple(load_certificates(args.trust))) if args.trust else None
     written = write_report(
-        args.findings, args.out, signer, trust=trust, victim=args.victim, case_id=args.case_id
+        args.findings,
+        args.out,
+        signer,
+        trust=trust,
+        victim=args.victim,
+        case_id=args.case_id,
+        tsa=tsa,
     )
     _warn_unattached_trust(Path(args.findings), Path(args.victim) if args.victim else None)
     summary = {"report": str(written), "findings": str(args.findings), "signed": True}
     if args.json:
         _emit_json(args.json, summary)
     if args.json != "-":
-        print(f"report: {written} (PDF/A-4f, certification signature, evidence attached)")
+        print(
+            f"report: {written} (PDF/A-4f, certification signature{level_text(tsa)}, "
+            "evidence attached)"
+        )
     return 0
 
 

@@ -10,6 +10,8 @@ work_dir = "reef-work"                 # scratch space for downloads and fingerp
 key = "keys/signing-key.pem"           # REEF_KEY; passphrase: REEF_KEY_PASSPHRASE or passphrase_file
 cert = "keys/signer-cert.pem"          # REEF_CERT
 chain = "keys/ca-cert.pem"             # optional
+tsa_url = "http://tsa.example/tsr"     # REEF_TSA_URL; optional: reports are PAdES B-T
+crls = ["keys/ca.crl"]                 # optional, with tsa_url and chain: PAdES B-LTA
 
 [screening]
 victims = ["models:/flagship/1"]       # besides every version tagged reef.role=victim
@@ -42,9 +44,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BadInputError
+from .timestamps import TSA_ENV
 
 if TYPE_CHECKING:
     from .jobqueue import JobQueue
+    from .timestamps import Timestamping
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,6 +70,8 @@ class Config:
     cert: Path | None = None
     chain: Path | None = None
     passphrase_file: Path | None = None
+    tsa_url: str | None = None
+    crls: tuple[Path, ...] = ()
     victims: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
     rule: dict[str, Any] = field(default_factory=dict)
@@ -87,13 +93,20 @@ class Config:
         )
 
     @property
+    def timestamping(self) -> Timestamping | None:
+        """Where reports get their timestamps (None: the signer's clock only)."""
+        from .timestamps import timestamping
+
+        return timestamping(self.tsa_url, self.crls)
+
+    @property
     def webhook_secret(self) -> str | None:
         return os.environ.get(self.webhook_secret_env) or None
 
 
 _SECTIONS = {
     "": {"tracking_uri", "queue", "probes", "work_dir"},
-    "signing": {"key", "cert", "chain", "passphrase_file"},
+    "signing": {"key", "cert", "chain", "passphrase_file", "tsa_url", "crls"},
     "screening": {"victims", "references", "alpha", "unrelated_alpha", "margin", "min_references"},
     "worker": {"max_attempts", "lease_seconds", "backoff_seconds"},
     "webhook": {"secret_env", "max_age_seconds"},
@@ -179,7 +192,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             DecisionRule(**rule)
         except (TypeError, ValueError) as exc:
             raise BadInputError(f"[screening] decision rule: {exc}") from None
-    return Config(
+    config = Config(
         source=source,
         tracking_uri=env.get("REEF_TRACKING_URI")
         or text(top.get("tracking_uri"), "tracking_uri")
@@ -191,6 +204,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         cert=from_env("REEF_CERT") or path_of(signing.get("cert"), "[signing] cert"),
         chain=path_of(signing.get("chain"), "[signing] chain"),
         passphrase_file=path_of(signing.get("passphrase_file"), "[signing] passphrase_file"),
+        tsa_url=env.get(TSA_ENV) or text(signing.get("tsa_url"), "[signing] tsa_url"),
+        crls=tuple(Path(c) for c in strings(signing.get("crls", []), "[signing] crls")),
         victims=strings(screening.get("victims", []), "[screening] victims"),
         references=strings(screening.get("references", []), "[screening] references"),
         rule=rule,
@@ -203,6 +218,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             webhook, "max_age_seconds", 300, "[webhook] max_age_seconds", positive=True
         ),
     )
+    config.timestamping  # noqa: B018 (a bad TSA URL, or CRLs without one, fail at load)
+    return config
 
 
 def _check_keys(data: dict[str, Any], source: Path | None) -> None:
@@ -273,6 +290,16 @@ def check_config(config: Config) -> list[tuple[str, bool, str]]:
                 )
             ),
         )
+    results.append(
+        (
+            "timestamps",
+            True,
+            f"reports are timestamped by {config.tsa_url}"
+            + (" with validation data (PAdES B-LTA)" if config.crls else " (PAdES B-T)")
+            if config.tsa_url
+            else f"none: a report's time is the signer's clock ([signing] tsa_url or {TSA_ENV})",
+        )
+    )
     for reference in config.references:
         if not reference.startswith(("models:/", "runs:/")):
             results.append(

@@ -42,6 +42,7 @@ from .evidence import verify_evidence
 from .files import parse_json, write_atomic
 from .fingerprint import MANIFEST
 from .signing import SIGNATURE_NAME, TrustPolicy
+from .timestamps import Timestamping, explain_failure, quiet_signing, signing_settings
 from .unit_matching import format_log10_p
 
 if TYPE_CHECKING:
@@ -565,8 +566,10 @@ def asn1_certificate(cert: x509.Certificate) -> Any:
     return asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
 
 
-def sign_pdf(pdf: bytes, signer: Signer) -> bytes:
-    """A PAdES certification signature over the whole file that permits no later change."""
+def sign_pdf(pdf: bytes, signer: Signer, tsa: Timestamping | None = None) -> bytes:
+    """A PAdES certification signature that permits no later change: over the whole file (B-B),
+    with a signature timestamp from ``tsa`` (B-T), and with its CRLs the validation data and a
+    document timestamp on top (B-LTA; `timestamps`)."""
     from asn1crypto import keys as asn1_keys
     from cryptography.hazmat.primitives import serialization
     from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
@@ -589,6 +592,7 @@ def sign_pdf(pdf: bytes, signer: Signer) -> bytes:
         signing_key=key,
         cert_registry=SimpleCertificateStore.from_certs(chain),
     )
+    extra, timestamper = signing_settings(tsa, signer)
     settings = signers.PdfSignatureMetadata(
         field_name=SIGNATURE_FIELD,
         certify=True,
@@ -596,9 +600,17 @@ def sign_pdf(pdf: bytes, signer: Signer) -> bytes:
         subfilter=fields.SigSeedSubFilter.PADES,
         md_algorithm="sha256",
         reason="reef-forensics findings report",
+        **extra,
     )
     writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
-    signed = signers.PdfSigner(settings, signer=pdf_signer).sign_pdf(writer)
+    pdf_signing = signers.PdfSigner(settings, signer=pdf_signer, timestamper=timestamper)
+    try:
+        with quiet_signing():
+            signed = pdf_signing.sign_pdf(writer)
+    except Exception as exc:  # the TSA, or the validation data: one line, no traceback
+        if tsa is None:
+            raise
+        raise explain_failure(exc, tsa) from None
     return bytes(signed.getvalue())
 
 
@@ -610,16 +622,18 @@ def write_report(
     trust: TrustPolicy | None = None,
     victim: str | os.PathLike[str] | None = None,
     case_id: str | None = None,
+    tsa: Timestamping | None = None,
 ) -> Path:
-    """Verify the findings, render, sign, and write ``out`` atomically. The findings must verify
-    under ``trust`` (default: the report signer's own key)."""
+    """Verify the findings, render, sign (timestamped by ``tsa`` when given), and write ``out``
+    atomically. The findings must verify under ``trust`` (default: the report signer's own
+    key)."""
     if signer.certificate is None:
         raise KeyMaterialError("a report is signed with a certificate: pass --cert")
     policy = trust or TrustPolicy(public_key=signer.public_key)
     if case_id is not None:
         check_case_id(case_id)  # before any work
     evidence = load_evidence(findings_dir, policy, victim=victim)
-    signed = sign_pdf(render_pdf(evidence, signer, case_id), signer)
+    signed = sign_pdf(render_pdf(evidence, signer, case_id), signer, tsa)
     target = Path(out)
     if target.is_dir():
         raise ReportError(f"{target} is a directory: give the report's file name")

@@ -3,7 +3,8 @@ of the report from that evidence, and (given the fingerprints) every number reco
 
 Checks, by name, each a pass or a fail (a report is valid only when all pass):
 
-- ``pdf``: the file is a PDF with exactly one signature;
+- ``pdf``: the file is a PDF with exactly one signature, followed only by document timestamps
+  (PAdES B-LTA, `timestamps`);
 - ``signature``: pyHanko finds the signed bytes intact and the CMS signature valid;
 - ``signature bytes``: the one part of the file the signature cannot cover, its own hex string,
   holds nothing but the CMS signature in one letter case and zero padding (a PDF reader would
@@ -11,7 +12,11 @@ Checks, by name, each a pass or a fail (a report is valid only when all pass):
 - ``certificate chain``: the signer's certificate is fit to sign evidence and chains to a trusted
   root (``--trust``; the one policy evidence bundles are held to, `signing.chain_to_roots`), or
   its key is the trusted key (``--key``);
-- ``coverage``: the signature covers the whole file (nothing appended after signing);
+- ``signature timestamp``, ``document timestamp``: each RFC 3161 token holds and its authority
+  chains to ``--trust`` with the timeStamping key usage; its time and authority are named (and
+  in ``result.time``); without any, a note says the time is the signer's clock;
+- ``coverage``: the signature covers the whole file (nothing appended after signing), or only
+  validation data and document timestamps follow it and the last timestamp covers the file;
 - ``certification``: a certification signature that permits no change, and none was made;
 - ``attached findings: ...``: the attached findings and their signature, verified as a findings
   directory (signature, trust, digests, consistency of the verdict with the numbers);
@@ -77,6 +82,14 @@ from .signing import (
     chain_to_roots,
     verify_bundle_over,
 )
+from .timestamps import (
+    check_coverage,
+    check_timestamps,
+    signature_token_certificates,
+    signed_end,
+    split_signatures,
+    timestamp_context,
+)
 
 #: The numbers a report prints from measurements: decimals and exponents (digests and counts
 #: are checked through the attachments).
@@ -105,18 +118,24 @@ def verify_report(
     except Exception as exc:  # a damaged or hostile file is a failed check, never a crash
         result.add("pdf", False, f"the PDF cannot be read: {first_line(exc)}")
         return result
-    if len(signatures) != 1:
-        result.add(
-            "pdf",
-            False,
-            "the PDF carries no signature: it is not a signed reef-forensics report"
-            if not signatures
-            else f"the PDF carries {len(signatures)} signatures; a report carries exactly one",
-        )
+    found = split_signatures(signatures, result)
+    if found is None:
         return result
-    result.add("pdf", True, "a PDF with exactly one signature")
-    _check_signature_bytes(data, signatures[0], result)
-    signer_cert = _check_pdf_signature(signatures[0], trust, result)
+    certification, stamps = found
+    _check_signature_bytes(data, certification, result)
+    for stamp in stamps:
+        _check_signature_bytes(data, stamp, result, "document timestamp bytes")
+    signer_cert = _check_pdf_signature(certification, trust, result, stamps, len(data))
+    if stamps:
+        # what the certification signature signed: its revision, read on its own (pyHanko's
+        # difference analysis has said whether anything but validation data and timestamps
+        # came after it)
+        try:
+            data = data[: signed_end(certification)]
+            reader = PdfFileReader(io.BytesIO(data))
+        except Exception as exc:  # a damaged revision: a failed check, never a crash
+            result.add("pdf", False, f"the signed revision cannot be read: {first_line(exc)}")
+            return result
     attachments = _attachments(reader, result)
     if attachments is None:
         return result
@@ -145,7 +164,9 @@ def verify_report(
 _CONTENTS = re.compile(rb"<([0-9A-F]*|[0-9a-f]*)>")
 
 
-def _check_signature_bytes(data: bytes, embedded: Any, result: VerificationResult) -> None:
+def _check_signature_bytes(
+    data: bytes, embedded: Any, result: VerificationResult, name: str = "signature bytes"
+) -> None:
     """The gap the /ByteRange leaves (the signature's own hex string) in its one written form.
 
     The signed digest cannot cover these bytes, and a PDF reader takes ``A`` and ``a`` for the
@@ -165,14 +186,10 @@ def _check_signature_bytes(data: bytes, embedded: Any, result: VerificationResul
         if blob != cms_blob + bytes(len(blob) - len(cms_blob)):
             raise ValueError("what follows the CMS signature is not zero padding")
     except Exception as exc:  # a damaged byte range or blob: a failed check, never a crash
-        result.add(
-            "signature bytes",
-            False,
-            f"the signature's /Contents is not as written: {first_line(exc)}",
-        )
+        result.add(name, False, f"the signature's /Contents is not as written: {first_line(exc)}")
         return
     result.add(
-        "signature bytes",
+        name,
         True,
         f"the signature's /Contents is its CMS blob ({len(cms_blob)} bytes) in hex, then zeros",
     )
@@ -192,7 +209,13 @@ def _quiet(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: VerificationResult) -> Any:
+def _check_pdf_signature(
+    embedded: Any,
+    trust: TrustPolicy,
+    result: VerificationResult,
+    stamps: Sequence[Any] = (),
+    size: int = 0,
+) -> Any:
     """pyHanko checks that the signed bytes are intact and the CMS signature sound, with the
     signer's certificate as its own anchor and no key usage of its own: whether that certificate
     may sign evidence, and whether it chains to ``trust``, is decided by the policy evidence
@@ -202,7 +225,6 @@ def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: Verification
     from pyhanko.sign.fields import MDPPerm
     from pyhanko.sign.validation import validate_pdf_signature
     from pyhanko.sign.validation.settings import KeyUsageConstraints
-    from pyhanko.sign.validation.status import SignatureCoverageLevel
     from pyhanko_certvalidator import ValidationContext
 
     try:
@@ -211,6 +233,9 @@ def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: Verification
             status = validate_pdf_signature(
                 embedded,
                 ValidationContext(trust_roots=[embedded.signer_cert], allow_fetching=False),
+                ts_validation_context=timestamp_context(
+                    trust, signature_token_certificates(embedded)
+                ),
                 key_usage_settings=KeyUsageConstraints(),
             )
     except Exception as exc:  # a malformed signature or certificate: a failed check
@@ -242,15 +267,8 @@ def _check_pdf_signature(embedded: Any, trust: TrustPolicy, result: Verification
         )
     else:
         _check_chain(embedded, leaf, trust, result)
-    whole = status.coverage == SignatureCoverageLevel.ENTIRE_FILE
-    result.add(
-        "coverage",
-        whole,
-        "the signature covers the whole file"
-        if whole
-        else f"the signature does not cover the whole file ({status.coverage}): "
-        "bytes were added after signing",
-    )
+    check_timestamps(status, stamps, trust, result)
+    check_coverage(status, stamps, size, result)
     certified = embedded.docmdp_level == MDPPerm.NO_CHANGES and bool(status.docmdp_ok)
     result.add(
         "certification",

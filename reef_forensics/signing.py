@@ -207,6 +207,8 @@ class VerificationResult:
     checks: list[Check] = field(default_factory=list)
     signer: str | None = None  # the verifying key's fingerprint
     notes: list[str] = field(default_factory=list)  # what was not checked, and why
+    #: a report's time: its source (a timestamp authority or the signer's clock) and timestamps
+    time: dict[str, Any] | None = None
 
     @property
     def valid(self) -> bool:
@@ -221,13 +223,16 @@ class VerificationResult:
         return ok
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        found = {
             "path": str(self.path),
             "valid": self.valid,
             "signer": self.signer,
             "checks": [check.as_json() for check in self.checks],
             "notes": list(self.notes),
         }
+        if self.time is not None:
+            found["time"] = self.time
+        return found
 
     def merge(self, other: VerificationResult, prefix: str) -> None:
         """Another result's checks and notes, each name prefixed (``findings: signature``)."""

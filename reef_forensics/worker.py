@@ -247,7 +247,11 @@ class Screener:
             from .report import write_report
 
             write_report(
-                folder / "findings", folder / "report.pdf", self.signer, victim=victim.path
+                folder / "findings",
+                folder / "report.pdf",
+                self.signer,
+                victim=victim.path,
+                tsa=self.config.timestamping,
             )
         self.client.log_artifacts(
             run_id,
