@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 
 EVENTS = "reef_forensics.events"
 _events = logging.getLogger(EVENTS)
+_events.addHandler(logging.NullHandler())  # unconfigured (the library, the demo): silent
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 

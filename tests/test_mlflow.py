@@ -371,17 +371,22 @@ def test_sigterm_mid_job_hands_the_job_back_and_the_worker_exits_0(
     )
     assert 'probes = "builtin:default"' in slow.read_text()
     log = deployment["root"] / "sigterm-worker.log"
+    port = free_port()
+    metrics = f"http://127.0.0.1:{port}/metrics"
     with log.open("wb") as out:
         worker = subprocess.Popen(
-            [REEF, "worker", "--config", str(slow), "--poll", "0.2"],
+            [REEF, "worker", "--config", str(slow), "--poll", "0.2", "--metrics-port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "REEF_KEY_PASSPHRASE": PASS},
+            env={**os.environ, "REEF_KEY_PASSPHRASE": PASS, "REEF_METRICS_TOKEN": "t0ken"},
         )
         try:
             wait_for(
                 lambda: tags(url, "terminated", 1).get("reef.status") == "running", 90, "running"
             )
+            assert get(metrics)[0] == 401  # no token
+            status, text = get(metrics, {"Authorization": "Bearer t0ken"})
+            assert status == 200 and 'reef_jobs{state="running"} 1.0' in text, text
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(timeout=30)
         finally:
@@ -399,6 +404,54 @@ def test_sigterm_mid_job_hands_the_job_back_and_the_worker_exits_0(
     assert len(ended) == 1 and ended[0]["outcome"] == "released" and ended[0]["duration_s"] > 0
     drain(deployment)
     assert tags(url, "terminated", 1)["reef.status"] == "done"
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=5
+        ) as a:
+            return a.status, a.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_serve_answers_healthz_and_metrics_to_the_token_holder_only(tmp_path: Path) -> None:
+    """`reef-forensics serve` as deployed: the token from the environment, JSON request logs."""
+    port = free_port()
+    (tmp_path / "reef.toml").write_text(f'queue = "{tmp_path / "q.sqlite"}"\n')
+    JobQueue(tmp_path / "q.sqlite").enqueue("m", "1")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [REEF, "serve", "--config", str(tmp_path / "reef.toml"), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "REEF_WEBHOOK_SECRET": "s3cret", "REEF_METRICS_TOKEN": "t0ken"},
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(lambda: "receiving" in log.read_text(), 60, "serve listening")
+            assert get(base + "/healthz") == (200, '{"status": "ok"}')
+            assert get(base + "/")[0] == 404
+            assert get(base + "/metrics", {"Authorization": "Bearer s3cret"})[0] == 401
+            status, text = get(base + "/metrics", {"Authorization": "Bearer t0ken"})
+            assert status == 200 and 'reef_jobs{state="pending"} 1.0' in text
+            assert 'reef_http_requests_total{method="GET",status="404"} 1.0' in text
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=20)
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    assert [(e["path"], e["status"]) for e in lines if e["event"] == "http.request"] == [
+        ("/healthz", 200),
+        ("/", 404),
+        ("/metrics", 401),
+        ("/metrics", 200),
+    ]
+    assert "t0ken" not in log.read_text() and "s3cret" not in log.read_text()
 
 
 def test_config_check_contacts_the_tracking_server(
