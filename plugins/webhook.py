@@ -138,7 +138,7 @@ def make_server(
     answers only a caller that sends ``metrics_token`` as a bearer token."""
     if not (read_timeout > 0 and request_timeout > 0 and max_handlers >= 1):
         raise ValueError("the timeouts must be positive and max_handlers at least 1")
-    metrics = metrics or Metrics(queue.counts)
+    served = metrics or Metrics(queue.counts)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "reef-forensics-webhook"
@@ -176,7 +176,7 @@ def make_server(
 
         def do_GET(self) -> None:
             status, kind, data = answer_get(
-                self.path, self.headers.get("Authorization"), metrics, metrics_token
+                self.path, self.headers.get("Authorization"), served, metrics_token
             )
             self._send(status, kind, data)
 
@@ -192,24 +192,27 @@ def make_server(
             self.wfile.write(data)
 
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-            """One structured line a request: no header, no body, no query string."""
-            status = int(code) if isinstance(code, int) or str(code).isdigit() else str(code)
-            assert metrics is not None
-            metrics.requests.labels(self.command or "-", str(status)).inc()
-            log_event(
-                "http.request",
-                method=self.command,
-                path=(self.path or "").split("?", 1)[0][:200],
-                status=status,
-                outcome=self._outcome,
-                client=self.client_address[0],
-                duration_ms=round(1000 * (time.monotonic() - self._started), 1),
-            )
+            _log_request(self, code, served)
 
         def log_message(self, format: str, *args: Any) -> None:
             _log.info("%s %s", self.address_string(), format % args)
 
     return _Server((host, port), Handler, max_handlers)
+
+
+def _log_request(handler: Any, code: int | str, metrics: Metrics) -> None:
+    """One structured line a request, and its count: no header, no body, no query string."""
+    status = int(code) if isinstance(code, int) or str(code).isdigit() else str(code)
+    metrics.requests.labels(handler.command or "-", str(status)).inc()
+    log_event(
+        "http.request",
+        method=handler.command,
+        path=(handler.path or "").split("?", 1)[0][:200],
+        status=status,
+        outcome=handler._outcome,
+        client=handler.client_address[0],
+        duration_ms=round(1000 * (time.monotonic() - handler._started), 1),
+    )
 
 
 class _DeadlineReader(io.RawIOBase):
