@@ -344,7 +344,7 @@ class Worker(Screener):
         failed = outcome in ("failed", "retry")
         log_event(
             "job.failure" if failed else "job.finish",
-            level=logging.WARNING if failed else logging.INFO,
+            level=logging.WARNING if failed or reason == REGISTRY_DOWN else logging.INFO,
             **fields,
         )
         return state
