@@ -11,9 +11,12 @@ The HTTP side bounds what one client can hold: each request (request line, heade
 together) has ``request_timeout`` seconds, and each read ``read_timeout`` (a client trickling a
 byte at a time is dropped at the deadline, not when it stops); at most ``max_handlers``
 connections are handled at once, and one more is answered 503 at once, without a thread. A
-client that hangs up is a line in the log, never a traceback. ``GET`` (any path) answers
-``{"status": "ok"}`` and nothing else: the queue's counts are not told to callers who have not
-authenticated (the queue file holds them, for whoever may read it).
+client that hangs up is a line in the log, never a traceback.
+
+``GET /healthz`` answers ``{"status": "ok"}`` to anyone; ``GET /metrics`` the Prometheus metrics
+(the queue's counts by state among them) only with ``Authorization: Bearer TOKEN``; any other
+path 404 (`reef_forensics.observability.answer_get`). Each request is one JSON log line
+(``http.request``: method, path, status, outcome, duration; never a header or a body).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 
 from reef_forensics.files import lone_surrogate, parse_json
 from reef_forensics.jobqueue import JobQueue
+from reef_forensics.observability import Metrics, answer_get, log_event
 
 MAX_BODY = 1 << 20
 _log = logging.getLogger(__name__)
@@ -125,18 +129,24 @@ def make_server(
     read_timeout: float = 30.0,
     request_timeout: float = 60.0,
     max_handlers: int = 32,
+    metrics_token: str | None = None,
+    metrics: Metrics | None = None,
 ) -> ThreadingHTTPServer:
     """The receiver. A client that goes silent for ``read_timeout`` seconds, or whose request is
     not complete ``request_timeout`` seconds after it connected, is dropped without an answer;
-    beyond ``max_handlers`` connections at once, a new one is answered 503."""
+    beyond ``max_handlers`` connections at once, a new one is answered 503. ``/metrics``
+    answers only a caller that sends ``metrics_token`` as a bearer token."""
     if not (read_timeout > 0 and request_timeout > 0 and max_handlers >= 1):
         raise ValueError("the timeouts must be positive and max_handlers at least 1")
+    served = metrics or Metrics(queue.counts)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "reef-forensics-webhook"
         timeout = min(read_timeout, request_timeout)  # until setup() hands reads to the deadline
 
         def setup(self) -> None:
+            self._started = time.monotonic()
+            self._outcome = ""
             super().setup()
             self.rfile.close()  # StreamRequestHandler's socket file: reads go through the deadline
             self.rfile = io.BufferedReader(
@@ -165,20 +175,44 @@ def make_server(
             self._answer(status, answer)
 
         def do_GET(self) -> None:
-            self._answer(HTTPStatus.OK, {"status": "ok"})  # no counts for unauthenticated callers
+            status, kind, data = answer_get(
+                self.path, self.headers.get("Authorization"), served, metrics_token
+            )
+            self._send(status, kind, data)
 
         def _answer(self, status: int, answer: dict[str, Any]) -> None:
-            data = json.dumps(answer).encode()
+            self._outcome = str(answer.get("status") or answer.get("error") or "")
+            self._send(status, "application/json", json.dumps(answer).encode())
+
+        def _send(self, status: int, kind: str, data: bytes) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            _log_request(self, code, served)
 
         def log_message(self, format: str, *args: Any) -> None:
             _log.info("%s %s", self.address_string(), format % args)
 
     return _Server((host, port), Handler, max_handlers)
+
+
+def _log_request(handler: Any, code: int | str, metrics: Metrics) -> None:
+    """One structured line a request, and its count: no header, no body, no query string."""
+    status = int(code) if isinstance(code, int) or str(code).isdigit() else str(code)
+    metrics.requests.labels(handler.command or "-", str(status)).inc()
+    log_event(
+        "http.request",
+        method=handler.command,
+        path=(handler.path or "").split("?", 1)[0][:200],
+        status=status,
+        outcome=handler._outcome,
+        client=handler.client_address[0],
+        duration_ms=round(1000 * (time.monotonic() - handler._started), 1),
+    )
 
 
 class _DeadlineReader(io.RawIOBase):

@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll", type=float, default=2.0, metavar="SECONDS", help="wait between empty polls"
     )
     work.add_argument("--json", metavar="FILE", help="write the queue's counts as JSON at the end")
+    from .cli_ops import add_metrics_option
+
+    add_metrics_option(work)
     work.set_defaults(handler=_cmd_worker)
 
     fleet = commands.add_parser(
@@ -412,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     serve.set_defaults(handler=_cmd_serve)
+
+    from .cli_ops import add_queue_commands
+
+    add_queue_commands(commands, _add_config_option)
 
     cfg = commands.add_parser("config", help="check the deployment configuration")
     cfg_commands = cfg.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
@@ -974,30 +981,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .worker import Worker
+    from .cli_ops import run_worker
 
-    config = load_config(args.config)
-    if config.tracking_uri is None:
-        raise BadInputError(
-            "no tracking URI: set tracking_uri, REEF_TRACKING_URI or MLFLOW_TRACKING_URI"
-        )
-    queue = config.open_queue()
-    worker = Worker(config, queue)
-    forget_passphrase()  # the key is loaded: no model code or child inherits the passphrase
-    try:
-        handled = worker.run(until_empty=args.until_empty, poll_seconds=args.poll)
-    except KeyboardInterrupt:
-        handled = -1
-    counts = queue.counts()
-    if args.json:
-        _emit_json(args.json, {"handled": handled, "jobs": counts})
-    if args.json != "-":
-        print(
-            f"worker: {handled} job(s) handled; queue: "
-            + ", ".join(f"{k} {v}" for k, v in counts.items())
-        )
-    return 0
+    return run_worker(args)
 
 
 def _cmd_fleet(args: argparse.Namespace) -> int:
@@ -1033,40 +1019,9 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .plugins.webhook import make_server
+    from .cli_ops import run_serve
 
-    if not 0 <= args.port <= 65535:
-        raise BadInputError(f"--port must be between 0 and 65535, got {args.port}")
-    config = load_config(args.config)
-    secret = config.webhook_secret
-    if not secret:
-        raise BadInputError(
-            f"no webhook secret: set {config.webhook_secret_env} to the secret given to MLflow's webhook"
-        )
-    made = (
-        [] if config.queue.exists() else [Path(f"{config.queue}{s}") for s in ("", "-wal", "-shm")]
-    )
-    queue = config.open_queue()
-    try:
-        server = make_server(args.host, args.port, queue, secret, config.webhook_max_age)
-    except OSError as exc:  # the port is taken, the address is not this machine's, ...
-        for path in made:  # a queue made just now is not left behind
-            path.unlink(missing_ok=True)
-        raise BadInputError(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
-        ) from None
-    print(
-        f"receiving MLflow webhooks on http://{args.host}:{server.server_address[1]}/ (queue {config.queue})",
-        flush=True,
-    )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return run_serve(args)
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:

@@ -29,6 +29,9 @@ backoff_seconds = 5
 [webhook]
 secret_env = "REEF_WEBHOOK_SECRET"     # the secret itself never sits in the file
 max_age_seconds = 300
+
+[metrics]
+token_env = "REEF_METRICS_TOKEN"       # the bearer token /metrics asks for (never in the file)
 ```
 
 Relative paths are relative to the file. `reef-forensics config check` loads it, checks that
@@ -80,6 +83,7 @@ class Config:
     backoff_seconds: float = 5.0
     webhook_secret_env: str = "REEF_WEBHOOK_SECRET"
     webhook_max_age: float = 300.0
+    metrics_token_env: str = "REEF_METRICS_TOKEN"
 
     def open_queue(self) -> JobQueue:
         """The job queue, with this configuration's lease, attempts and backoff."""
@@ -103,6 +107,11 @@ class Config:
     def webhook_secret(self) -> str | None:
         return os.environ.get(self.webhook_secret_env) or None
 
+    @property
+    def metrics_token(self) -> str | None:
+        """The bearer token that ``/metrics`` asks for; None: ``/metrics`` answers no one."""
+        return os.environ.get(self.metrics_token_env) or None
+
 
 _SECTIONS = {
     "": {"tracking_uri", "queue", "probes", "work_dir"},
@@ -110,6 +119,7 @@ _SECTIONS = {
     "screening": {"victims", "references", "alpha", "unrelated_alpha", "margin", "min_references"},
     "worker": {"max_attempts", "lease_seconds", "backoff_seconds"},
     "webhook": {"secret_env", "max_age_seconds"},
+    "metrics": {"token_env"},
 }
 
 
@@ -134,6 +144,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     top = {k: v for k, v in data.items() if not isinstance(v, dict)}
     signing, screening = data.get("signing", {}), data.get("screening", {})
     worker, webhook = data.get("worker", {}), data.get("webhook", {})
+    metrics = data.get("metrics", {})
 
     def path_of(value: Any, what: str) -> Path | None:
         if value is None:
@@ -217,6 +228,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         webhook_max_age=number(
             webhook, "max_age_seconds", 300, "[webhook] max_age_seconds", positive=True
         ),
+        metrics_token_env=text(metrics.get("token_env"), "[metrics] token_env")
+        or "REEF_METRICS_TOKEN",
     )
     config.timestamping  # noqa: B018 (a bad TSA URL, or CRLs without one, fail at load)
     return config
@@ -252,14 +265,16 @@ def check_config(config: Config) -> list[tuple[str, bool, str]]:
 
             results.append((name, False, first_line(exc)))
 
-    results.append(
-        (
-            "tracking uri",
-            config.tracking_uri is not None,
-            config.tracking_uri
-            or "not set (REEF_TRACKING_URI, MLFLOW_TRACKING_URI or tracking_uri)",
+    if config.tracking_uri is None:
+        results.append(
+            (
+                "tracking uri",
+                False,
+                "not set (REEF_TRACKING_URI, MLFLOW_TRACKING_URI or tracking_uri)",
+            )
         )
-    )
+    else:
+        attempt("tracking uri", lambda: contact_tracking_server(str(config.tracking_uri)))
     attempt("queue", lambda: f"{config.queue} ({config.open_queue().counts()})")
     attempt(
         "probes",
@@ -313,3 +328,35 @@ def check_config(config: Config) -> list[tuple[str, bool, str]]:
         ("victims", True, f"{len(config.victims)} listed, plus versions tagged reef.role=victim")
     )
     return results
+
+
+def contact_tracking_server(uri: str, timeout: float = 5.0) -> str:
+    """Ask an ``http(s)`` tracking server for one registered model (the registry API the worker
+    uses) and say what answered; raises with one line when nothing did, or refused. A local
+    store (``sqlite:///``, a folder) is not contacted."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return f"{uri} (a local store: no server to contact)"
+    request = urllib.request.Request(
+        uri.rstrip("/") + "/api/2.0/mlflow/registered-models/search?max_results=1"
+    )
+    env = os.environ
+    if env.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {env['MLFLOW_TRACKING_TOKEN']}")
+    elif env.get("MLFLOW_TRACKING_USERNAME"):
+        pair = f"{env['MLFLOW_TRACKING_USERNAME']}:{env.get('MLFLOW_TRACKING_PASSWORD', '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            answer.read(1 << 16)
+    except urllib.error.HTTPError as exc:
+        raise BadInputError(
+            f"{uri} answered HTTP {exc.code} {exc.reason} to a registry search"
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        why = getattr(exc, "reason", None) or exc
+        raise BadInputError(f"cannot reach the tracking server {uri}: {why}") from None
+    return f"{uri} (the MLflow server answered)"

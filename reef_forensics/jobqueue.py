@@ -8,8 +8,10 @@
   are spent: a job that kept killing its workers is marked `failed`.
 - `complete` ends a job; `fail` puts it back with exponential backoff, or marks it `failed`
   once its attempts are spent; `defer` puts it back without counting the attempt (it waits for
-  another job). Processing must be idempotent (the worker checks the version's
+  another job); `skip` ends a job that has nothing to do (not a transformers model); `release`
+  hands a job back untouched (its worker is stopping). Processing must be idempotent (the worker checks the version's
   tags before it fingerprints).
+- `get`, `retry` and `cancel` are the operator's: `reef-forensics queue` (queue_admin.py).
 - `seen_delivery` records a webhook delivery id and says whether it was seen before (replays).
 
 Every operation is one short transaction (``BEGIN IMMEDIATE``), so several processes (the
@@ -34,7 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     name TEXT NOT NULL,
     version TEXT NOT NULL,
     source TEXT,
-    state TEXT NOT NULL DEFAULT 'pending',   -- pending, running, done, failed
+    state TEXT NOT NULL DEFAULT 'pending',   -- pending, running, done, failed, skipped, cancelled
     attempts INTEGER NOT NULL DEFAULT 0,
     available_at REAL NOT NULL,
     lease_until REAL,
@@ -49,7 +51,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     received REAL NOT NULL
 );
 """
-STATES = ("pending", "running", "done", "failed")
+STATES = ("pending", "running", "done", "failed", "skipped", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,64 @@ class JobQueue:
                 (now + seconds, reason[:2000], now, job.id),
             )
 
+    def skip(self, job: Job, reason: str) -> None:
+        """End a job that has nothing to do (a model version that is not a transformers model):
+        `skipped`, with the reason, never retried."""
+        self._end(job, "skipped", reason)
+
+    def release(self, job: Job, worker: str, reason: str) -> bool:
+        """Hand a job that ``worker`` holds back to the queue at once, the attempt not counted
+        (the worker is stopping); False when it no longer held it."""
+        now = time.time()
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = 'pending', attempts = MAX(0, attempts - 1),"
+                " available_at = ?, lease_until = NULL, worker = NULL, last_error = ?,"
+                " updated = ? WHERE id = ? AND state = 'running' AND worker = ?",
+                (now, reason[:2000], now, job.id, worker),
+            )
+            return cursor.rowcount == 1
+
+    def _end(self, job: Job, state: str, reason: str | None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, lease_until = NULL, last_error = ?, updated = ?"
+                " WHERE id = ?",
+                (state, None if reason is None else reason[:2000], time.time(), job.id),
+            )
+
+    def get(self, job_id: int) -> Job | None:
+        with self._connect() as db:
+            found = db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if found is None else self._job(db, job_id)
+
+    def retry(self, job_id: int) -> Job | None:
+        """Due again now with its attempts reset: a job that is `failed`, `skipped`,
+        `cancelled` or waiting for a retry (`pending`). None when there is no such job; a
+        `running` or `done` job is left as it is (see its state)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'pending', attempts = 0, available_at = ?,"
+                " lease_until = NULL, worker = NULL, updated = ?"
+                " WHERE id = ? AND state IN ('pending', 'failed', 'skipped', 'cancelled')",
+                (now, now, job_id),
+            )
+            found = db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if found is None else self._job(db, job_id)
+
+    def cancel(self, job_id: int, reason: str = "cancelled by an operator") -> Job | None:
+        """A `pending` job is `cancelled` (no worker takes it; `retry` queues it again). None
+        when there is no such job; a job in any other state is left as it is."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'cancelled', lease_until = NULL, last_error = ?,"
+                " updated = ? WHERE id = ? AND state = 'pending'",
+                (reason, time.time(), job_id),
+            )
+            found = db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if found is None else self._job(db, job_id)
+
     def seen_delivery(self, delivery_id: str, *, forget_after: float | None = None) -> bool:
         """Record a webhook delivery id; True when it had been recorded before (a replay).
         Ids older than ``forget_after`` seconds are dropped first: the receiver refuses their
@@ -209,6 +269,17 @@ class JobQueue:
         with self._connect() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM jobs ORDER BY id")]
             return [self._job(db, i) for i in ids]
+
+    def listing(self, state: str | None = None) -> list[dict[str, object]]:
+        """Every job (or those in ``state``) as a dict, oldest first: what `queue list` shows."""
+        columns = (
+            "id, name, version, state, attempts, worker, last_error, available_at, created, updated"
+        )
+        where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+        with self._connect() as db:
+            cursor = db.execute(f"SELECT {columns} FROM jobs {where} ORDER BY id", args)
+            names = [c[0] for c in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def counts(self) -> dict[str, int]:
         with self._connect() as db:

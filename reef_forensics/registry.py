@@ -27,6 +27,13 @@ TAG_PROBES_DIGEST = "reef.probes.digest"
 TAG_FINGERPRINT_URI = "reef.fingerprint.uri"
 TAG_ROLE = "reef.role"
 SCREEN_PREFIX = "reef.screen."
+
+
+class NotTransformersModel(ModelLoadError):
+    """A model version that MLflow logged with flavors other than transformers (a pyfunc, a
+    sklearn model): nothing reef-forensics can fingerprint, and nothing wrong with it."""
+
+
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -106,8 +113,14 @@ def assemble(local: Path, out: Path) -> Path:
         (p.parent for p in sorted(local.rglob("config.json")) if _has_weights(p.parent)), None
     )
     if weights is None:
-        raise ModelLoadError(
-            f"the model version's files hold no config.json beside weights ({local}): "
+        flavors = mlflow_flavors(local)
+        if flavors and "transformers" not in flavors:
+            raise NotTransformersModel(
+                f"not a transformers model (MLflow flavors: {', '.join(flavors)}): "
+                "reef-forensics fingerprints transformers models (safetensors) only"
+            )
+        raise ModelLoadError(  # no path: the download folder is scratch, gone by the time read
+            "the model version's files hold no config.json beside weights: "
             "reef-forensics reads transformers models (safetensors)"
         )
     out.mkdir(parents=True, exist_ok=True)
@@ -121,6 +134,21 @@ def assemble(local: Path, out: Path) -> Path:
         except OSError:
             shutil.copy2(source, target)
     return out
+
+
+def mlflow_flavors(local: Path) -> list[str]:
+    """The flavors that the MLmodel file of a downloaded version lists (none: no MLmodel)."""
+    import yaml
+
+    found = [local / "MLmodel"] if (local / "MLmodel").is_file() else sorted(local.rglob("MLmodel"))
+    if not found:
+        return []
+    try:
+        data = yaml.safe_load(found[0].read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    flavors = data.get("flavors") if isinstance(data, dict) else None
+    return sorted(str(f) for f in flavors) if isinstance(flavors, dict) else []
 
 
 def _has_weights(folder: Path) -> bool:

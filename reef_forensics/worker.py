@@ -17,11 +17,17 @@ For a job (a model version), `process`:
 
 A failure tags ``reef.status=failed`` with ``reef.status.reason`` and goes back to the queue with
 backoff (a model whose files cannot be loaded fails at once, with no retry: it cannot get
-better). A victim or reference not fingerprinted yet is queued, and the job deferred (tag
+better). A version that is not a transformers model (a pyfunc, a sklearn model) is
+``reef.status=skipped`` with the reason. Reasons never quote the job's scratch paths. A victim or reference not fingerprinted yet is queued, and the job deferred (tag
 ``reef.status=waiting``; the attempt does not count).
 
 Steps 2 to 4 are `Screener` methods, which the Ray fleet (`reef_forensics.fleet`) takes too:
 both write the same tags and artifacts.
+
+Each job is logged (`observability.log_event`: ``job.start``, then ``job.finish`` or
+``job.failure`` with its status and duration) and counted in the worker's `Metrics`. A stop
+signal (`worker_ops.stop_signals` -> `Worker.request_stop`) mid-job hands the job back to the
+queue and ends the loop.
 """
 
 from __future__ import annotations
@@ -31,10 +37,9 @@ import logging
 import os
 import socket
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,7 @@ from .config import Config
 from .errors import BadInputError, ModelLoadError, ReefError, first_line, is_native_panic
 from .jobqueue import Job, JobQueue
 from .models import ALLOW_PICKLE_HINT
+from .observability import Metrics, log_event
 from .registry import (
     SCREEN_PREFIX,
     TAG_FINGERPRINT_DIGEST,
@@ -51,12 +57,14 @@ from .registry import (
     TAG_REASON,
     TAG_ROLE,
     TAG_STATUS,
+    NotTransformersModel,
     client,
     fingerprint_of,
     materialize,
     parse_models_uri,
     versions_with_role,
 )
+from .worker_ops import WorkerStopping, lease_kept, scrub
 
 _log = logging.getLogger(__name__)
 REGISTRY_DOWN = "the MLflow registry cannot be reached; the job waits for it"
@@ -109,6 +117,14 @@ class JobFailed(Exception):
         self.retry = retry
 
 
+class JobSkipped(JobFailed):
+    """A version with nothing to fingerprint (not a transformers model): `skipped`, not retried.
+    A JobFailed, so that whoever knows only failures (the fleet) still reports it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, retry=False)
+
+
 @dataclass
 class Screener:
     """The steps one model version goes through, whoever schedules it: fingerprint it, publish
@@ -142,11 +158,11 @@ class Screener:
         self.client.set_model_version_tag(name, version, key, value)
 
     def _tag_status(self, job: Job, status: str, reason: str) -> None:
-        """``reef.status`` and its reason, best effort: the queue (or the fleet's result) holds
-        the record either way."""
+        """``reef.status`` and its reason (no scratch paths), best effort: the queue (or the
+        fleet's result) holds the record either way."""
         try:
             self._tag(job.name, job.version, TAG_STATUS, status)
-            self._tag(job.name, job.version, TAG_REASON, reason[:4000])
+            self._tag(job.name, job.version, TAG_REASON, scrub(reason, self.config.work_dir)[:4000])
         except Exception:  # the registry itself is down
             pass
 
@@ -160,6 +176,8 @@ class Screener:
             return fingerprint_model(
                 folder, work / "fingerprint", probes=self.probes, signer=self.signer
             )
+        except NotTransformersModel as exc:
+            raise JobSkipped(first_line(exc)) from None
         except (ModelLoadError, BadInputError) as exc:
             if registry_unreachable(exc):  # the download failed for an outage: handle() defers
                 raise
@@ -271,6 +289,14 @@ class Screener:
 class Worker(Screener):
     queue: JobQueue
     name: str = f"{socket.gethostname()}:{os.getpid()}"
+    metrics: Metrics | None = None
+    stop_requested: bool = field(default=False, init=False)
+    _in_job: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.metrics is None:
+            self.metrics = Metrics(self.queue.counts)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -281,80 +307,100 @@ class Worker(Screener):
         poll_seconds: float = 2.0,
         stop: Callable[[], bool] = lambda: False,
     ) -> int:
-        """Take jobs until ``stop()`` (or, with ``until_empty``, until no job is pending or
-        running: retries and deferrals included); returns the number of jobs handled."""
+        """Take jobs until ``stop()`` or `request_stop` (or, with ``until_empty``, until no job
+        is pending or running: retries and deferrals included); returns the number of jobs
+        handled."""
         handled = 0
-        while not stop():
+        log_event("worker.start", worker=self.name, queue=str(self.queue.path))
+        while not (stop() or self.stop_requested):
             job = self.queue.claim(self.name)
             if job is None:
                 counts = self.queue.counts()
                 if until_empty and counts["pending"] == 0 and counts["running"] == 0:
-                    return handled
+                    break
                 time.sleep(poll_seconds)  # jobs waiting for a retry, a deferral or a lease
                 continue
             self.handle(job)
             handled += 1
+        log_event("worker.stop", worker=self.name, handled=handled)
         return handled
 
+    def request_stop(self) -> None:
+        """What a stop signal calls: the loop ends; a job in progress is handed back to the
+        queue at once (`WorkerStopping` is raised in it)."""
+        self.stop_requested = True
+        if self._in_job:
+            self._in_job = False  # raised once: the hand-back itself is not interrupted
+            raise WorkerStopping("the worker is stopping")
+
     def handle(self, job: Job) -> str:
-        """Process one claimed job; returns its new state."""
+        """Process one claimed job, log and count its outcome; returns its new state."""
+        started = time.monotonic()
+        fields: dict[str, Any] = {"job": job.id, "model": job.name, "version": job.version}
+        log_event("job.start", **fields, attempt=job.attempts, worker=self.name)
+        outcome, state, reason = self._outcome(job)
+        seconds = round(time.monotonic() - started, 3)
+        if self.metrics is not None:
+            self.metrics.job(outcome, seconds)
+        fields.update(status=state, outcome=outcome, duration_s=seconds)
+        if reason:
+            fields["reason"] = reason
+        failed = outcome in ("failed", "retry")
+        log_event(
+            "job.failure" if failed else "job.finish",
+            level=logging.WARNING if failed or reason == REGISTRY_DOWN else logging.INFO,
+            **fields,
+        )
+        return state
+
+    def _outcome(self, job: Job) -> tuple[str, str, str | None]:
+        """(outcome, new queue state, reason): done, skipped, waiting, released (the worker
+        stopped), retry (failed, queued again) or failed (for good)."""
         try:
             with self._lease_kept(job):
-                self.process(job)
+                self._in_job = True
+                try:
+                    self.process(job)
+                finally:
+                    self._in_job = False
+        except WorkerStopping:
+            reason = "the worker stopped mid-job; queued again"
+            self.queue.release(job, self.name, reason)
+            self._tag_status(job, "pending", reason)
+            return "released", "pending", reason
         except JobDeferred as exc:
             self.queue.defer(job, max(1.0, self.config.backoff_seconds), str(exc))
             self._tag_status(job, "waiting", str(exc))
-            return "pending"
+            return "waiting", "pending", str(exc)
+        except JobSkipped as exc:
+            reason = scrub(str(exc), self.config.work_dir)
+            self.queue.skip(job, reason)
+            self._tag_status(job, "skipped", reason)
+            return "skipped", "skipped", reason
         except JobFailed as exc:
-            state = self.queue.fail(job, str(exc), retry=exc.retry)
-            self._tag_failed(job, str(exc), state)
-            _log.warning("reef-forensics: %s/%s %s: %s", job.name, job.version, state, exc)
-            return state
+            return self._failed(job, str(exc), retry=exc.retry)
         except Exception as exc:  # anything unforeseen: reported, retried, never fatal to the loop
             if registry_unreachable(exc):  # an outage is not the job's fault: no attempt spent
                 self.queue.defer(job, max(1.0, self.config.backoff_seconds), REGISTRY_DOWN)
-                _log.warning(
-                    "reef-forensics: %s/%s waiting: %s", job.name, job.version, REGISTRY_DOWN
-                )
-                return "pending"
-            reason = f"{type(exc).__name__}: {first_line(exc)}"
-            state = self.queue.fail(job, reason, retry=True)
-            self._tag_failed(job, reason, state)
-            return state
+                return "waiting", "pending", REGISTRY_DOWN
+            return self._failed(job, f"{type(exc).__name__}: {first_line(exc)}", retry=True)
         except BaseException as exc:
             if not is_native_panic(exc):  # KeyboardInterrupt, SystemExit: the worker stops
                 raise
             # a Rust panic (a BaseException) where no model is loaded or tokenized (there it is
             # a ModelLoadError by now): like anything unforeseen, never fatal to the loop
-            reason = f"a panic in native code: {first_line(exc)}"
-            state = self.queue.fail(job, reason, retry=True)
-            self._tag_failed(job, reason, state)
-            return state
+            return self._failed(job, f"a panic in native code: {first_line(exc)}", retry=True)
         self.queue.complete(job)
-        return "done"
+        return "done", "done", None
 
-    @contextlib.contextmanager
-    def _lease_kept(self, job: Job) -> Iterator[None]:
-        """Renew the job's lease every third of its length while the block runs: a long job
-        (a large model) is not taken by a second worker, nor counted as a dead worker's."""
-        done = threading.Event()
+    def _failed(self, job: Job, reason: str, *, retry: bool) -> tuple[str, str, str]:
+        reason = scrub(reason, self.config.work_dir)
+        state = self.queue.fail(job, reason, retry=retry)
+        self._tag_failed(job, reason, state)
+        return ("failed" if state == "failed" else "retry"), state, reason
 
-        def beat() -> None:
-            while not done.wait(self.queue.lease_seconds / 3):
-                try:
-                    if not self.queue.renew(job, self.name):
-                        _log.warning("reef-forensics: %s/%s lease lost", job.name, job.version)
-                        return
-                except Exception as exc:  # the queue file is busy or gone: try again next beat
-                    _log.warning("reef-forensics: lease renewal failed: %s", first_line(exc))
-
-        heart = threading.Thread(target=beat, name=f"lease-{job.id}", daemon=True)
-        heart.start()
-        try:
-            yield
-        finally:
-            done.set()
-            heart.join()
+    def _lease_kept(self, job: Job) -> contextlib.AbstractContextManager[None]:
+        return lease_kept(self.queue, job, self.name)
 
     def _tag_failed(self, job: Job, reason: str, state: str) -> None:
         suffix = "" if state == "failed" else " (will be retried)"

@@ -604,7 +604,7 @@ def test_a_client_that_sends_less_than_it_announced_is_dropped(receiver: tuple[s
         connection.sendall(post(b"100", b"{}"))  # 98 bytes short, and the connection kept open
         assert connection.recv(65536) == b""  # closed by the server, with no answer
     assert time.monotonic() - started < 5
-    answer = exchange(receiver, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = exchange(receiver, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.0 200"), answer
 
 
@@ -672,14 +672,14 @@ def test_a_client_trickling_a_byte_at_a_time_is_dropped_at_the_request_deadline(
         held = trickle_until_closed(address, request, give_up=15)
         assert held is not None, "the receiver still held the trickling client after 15 s"
         assert 1.5 < held < 6, held
-        answer = exchange(address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = exchange(address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert answer.startswith(b"HTTP/1.0 200"), answer
 
 
 def test_connections_beyond_the_handler_cap_are_refused_at_once(tmp_path: Path) -> None:
     """The attack: open connections and send nothing. Each held a thread of its own, with no cap;
     now the third of a cap of 2 is answered 503 at once, and served again once one is freed."""
-    get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     with running_receiver(
         JobQueue(tmp_path / "q.sqlite"), read_timeout=30.0, request_timeout=30.0, max_handlers=2
     ) as address:
@@ -734,14 +734,26 @@ def test_a_client_that_hangs_up_before_its_answer_draws_no_traceback(
 
 
 def test_get_tells_unauthenticated_callers_no_queue_counts(tmp_path: Path) -> None:
-    """``GET /`` answered the queue's counts (pending, running, failed ...) to anyone."""
+    """``GET /`` answered the queue's counts (pending, running, failed ...) to anyone. Now
+    ``/healthz`` says ok, ``/metrics`` wants the bearer token, every other path is 404."""
     queue = JobQueue(tmp_path / "q.sqlite")
     queue.enqueue("secret-model", "1", None)
-    with running_receiver(queue) as address:
-        for path in (b"/", b"/webhook", b"/status"):
+    with running_receiver(queue, metrics_token="t0ken") as address:
+        for path in (b"/", b"/webhook", b"/status", b"/metricsx", b"/healthz/"):
             answer = exchange(address, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
             head, _, body = answer.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.0 200") and json.loads(body) == {"status": "ok"}
+            assert head.startswith(b"HTTP/1.0 404") and b"pending" not in body, (path, answer)
+        answer = exchange(address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200") and json.loads(body) == {"status": "ok"}
+        for auth in (b"", b"Authorization: Bearer wrong\r\n", b"Authorization: t0ken\r\n"):
+            request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
+            answer = exchange(address, request)
+            assert answer.startswith(b"HTTP/1.0 401") and b"reef_jobs" not in answer, answer
+        auth = b"Authorization: Bearer t0ken\r\n"
+        answer = exchange(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
+        assert answer.startswith(b"HTTP/1.0 200"), answer
+        assert b'reef_jobs{state="pending"} 1.0' in answer
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from pathlib import Path
 
@@ -33,7 +34,14 @@ def test_a_lease_that_runs_out_hands_the_job_to_another_worker(tmp_path: Path) -
     again = queue.claim("b", now=1e10 + 11)  # a died: its lease ran out
     assert again is not None and again.id == first.id and again.attempts == 2
     queue.complete(again)
-    assert queue.counts() == {"pending": 0, "running": 0, "done": 1, "failed": 0}
+    assert queue.counts() == {
+        "pending": 0,
+        "running": 0,
+        "done": 1,
+        "failed": 0,
+        "skipped": 0,
+        "cancelled": 0,
+    }
     assert queue.claim("c", now=1e10 + 100) is None
 
 
@@ -239,3 +247,83 @@ def test_paths_from_the_environment_are_relative_to_the_working_directory(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("REEF_QUEUE", "elsewhere/q.sqlite")
     assert load_config(path).queue == tmp_path / "elsewhere" / "q.sqlite"
+
+
+# --- operating the queue (issue 17): release, skip, `reef-forensics queue` -----------------------
+
+
+def test_only_the_holder_releases_a_job_and_the_attempt_is_not_counted(tmp_path: Path) -> None:
+    queue = JobQueue(tmp_path / "q.sqlite")
+    queue.enqueue("m", 1)
+    job = queue.claim("a")
+    assert job is not None and job.attempts == 1
+    assert queue.release(job, "b", "stopping") is False  # b does not hold it
+    assert queue.release(job, "a", "stopping") is True
+    (after,) = queue.jobs()
+    assert (after.state, after.attempts, after.last_error) == ("pending", 0, "stopping")
+    again = queue.claim("b")  # due at once
+    assert again is not None and again.attempts == 1
+    queue.skip(again, "not a transformers model")
+    assert queue.counts()["skipped"] == 1 and queue.claim("c") is None
+
+
+def queue_config(tmp_path: Path) -> tuple[Path, JobQueue]:
+    path = tmp_path / "reef.toml"
+    path.write_text('queue = "q.sqlite"\n')
+    return path, JobQueue(tmp_path / "q.sqlite")
+
+
+def test_queue_list_retry_and_cancel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config, queue = queue_config(tmp_path)
+    for version in (1, 2, 3):
+        queue.enqueue("m", version)
+    first = queue.claim("w")
+    assert first is not None
+    queue.fail(first, "it broke", retry=False)
+    assert main(["queue", "list", "--config", str(config), "--json", "-"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(j["id"], j["state"], j["last_error"]) for j in listed["jobs"]] == [
+        (1, "failed", "it broke"),
+        (2, "pending", None),
+        (3, "pending", None),
+    ]
+    assert listed["jobs"][0]["updated"].endswith("Z") and listed["jobs"][0]["worker"] == "w"
+    assert main(["queue", "list", "--config", str(config), "--state", "failed"]) == 0
+    out = capsys.readouterr().out
+    assert "m/1  (it broke)" in out and "m/2" not in out and "1 job(s)" in out
+    assert main(["queue", "cancel", "2", "--config", str(config)]) == 0
+    assert "job 2: cancelled (was pending)" in capsys.readouterr().out
+    assert main(["queue", "retry", "1", "2", "--config", str(config), "--json", "-"]) == 0
+    retried = json.loads(capsys.readouterr().out)["jobs"]
+    assert [(j["id"], j["state"], j["changed"]) for j in retried] == [
+        (1, "pending", True),
+        (2, "pending", True),
+    ]
+    assert [(j.state, j.attempts) for j in queue.jobs()] == [("pending", 0)] * 3
+    assert {j.id for j in (queue.claim("x"), queue.claim("y"), queue.claim("z")) if j} == {1, 2, 3}
+
+
+def test_queue_commands_refuse_unknown_ids_and_say_what_they_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, queue = queue_config(tmp_path)
+    queue.enqueue("m", 1)
+    queue.enqueue("m", 2)
+    running = queue.claim("w")
+    assert running is not None and running.id == 1
+    for action in ("retry", "cancel"):
+        assert main(["queue", action, "2", "42", "7", "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no job 42, 7 in the queue" in err, err
+        assert queue.jobs()[1].state == "pending"  # nothing changed: the ids are checked first
+    assert main(["queue", "retry", "1", "--config", str(config)]) == 1
+    out, err = capsys.readouterr()
+    assert "job 1: running" in out and "a worker holds it" in err
+    assert main(["queue", "cancel", "1", "--config", str(config)]) == 1
+    assert "not cancelled" in capsys.readouterr().out
+    assert queue.jobs()[0].state == "running"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["queue", "retry", "x1", "--config", str(config)])
+    assert exit_info.value.code == 2 and "not a job id" in capsys.readouterr().err
+    assert main(["queue", "list", "--state", "stuck", "--config", str(config)]) == 2
+    assert "unknown state 'stuck'" in capsys.readouterr().err

@@ -257,6 +257,8 @@ def test_an_unloadable_registration_fails_with_a_reason_and_the_queue_goes_on(
     broken = tags(url, "broken", 1)
     assert broken["reef.status"] == "failed"
     assert "cannot be fingerprinted" in broken["reef.status.reason"]
+    for leftover in (str(registered["root"]), "/tmp/", "reef-job-"):  # the scratch is gone
+        assert leftover not in broken["reef.status.reason"], broken["reef.status.reason"]
     assert tags(url, "after-broken", 1)["reef.status"] == "done"
     assert tags(url, "after-broken", 1)["reef.screen.flagship.v1"].startswith("unrelated")
     jobs = {(j.name, j.version): j for j in JobQueue(registered["queue"]).jobs()}
@@ -321,6 +323,152 @@ def test_a_worker_killed_mid_job_leaves_the_job_to_the_next(
     assert job.state == "done" and job.attempts == 2
 
 
+# --- operations (issue 17) -----------------------------------------------------------------------
+
+
+def test_a_pyfunc_or_sklearn_version_is_skipped_with_the_reason(
+    deployment: dict[str, Any], tmp_path: Path
+) -> None:
+    """Not a transformers model: nothing to fingerprint, and nothing wrong with it."""
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    class Echo(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            return model_input
+
+    url = deployment["url"]
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name="echo")
+        regression = LinearRegression().fit(np.eye(3), np.arange(3))
+        mlflow.sklearn.log_model(regression, name="lr", registered_model_name="regression")
+    drain(deployment)
+    for name, flavors in (("echo", "python_function"), ("regression", "python_function, sklearn")):
+        found = tags(url, name, 1)
+        assert found["reef.status"] == "skipped", found
+        reason = found["reef.status.reason"]
+        assert reason.startswith(f"not a transformers model (MLflow flavors: {flavors})"), reason
+        assert "/tmp/" not in reason and str(deployment["root"]) not in reason
+        (job,) = [j for j in JobQueue(deployment["queue"]).jobs() if j.name == name]
+        assert (job.state, job.attempts, job.last_error) == ("skipped", 1, reason)
+
+
+def test_sigterm_mid_job_hands_the_job_back_and_the_worker_exits_0(
+    deployment: dict[str, Any], zoo: dict[str, Path]
+) -> None:
+    """A real worker process, stopped as an orchestrator stops it: the job is back in the queue
+    at once (not `running` until its lease runs out), and the next worker finishes it."""
+    url = deployment["url"]
+    register(url, zoo["victim"], "terminated")
+    slow = deployment["root"] / "slow.toml"  # the full probe set: the job lasts a while
+    slow.write_text(
+        deployment["config"]
+        .read_text()
+        .replace(f'probes = "{deployment["root"] / "probes.txt"}"', 'probes = "builtin:default"')
+    )
+    assert 'probes = "builtin:default"' in slow.read_text()
+    log = deployment["root"] / "sigterm-worker.log"
+    port = free_port()
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [REEF, "worker", "--config", str(slow), "--poll", "0.2", "--metrics-port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "REEF_KEY_PASSPHRASE": PASS, "REEF_METRICS_TOKEN": "t0ken"},
+        )
+        try:
+            wait_for(
+                lambda: tags(url, "terminated", 1).get("reef.status") == "running", 90, "running"
+            )
+            assert get(metrics)[0] == 401  # no token
+            status, text = get(metrics, {"Authorization": "Bearer t0ken"})
+            assert status == 200 and 'reef_jobs{state="running"} 1.0' in text, text
+            worker.send_signal(signal.SIGTERM)
+            code = worker.wait(timeout=30)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    assert code == 0, log.read_text()[-3000:]
+    (job,) = [j for j in JobQueue(deployment["queue"]).jobs() if j.name == "terminated"]
+    assert (job.state, job.attempts) == ("pending", 0), job  # released, the attempt not counted
+    assert tags(url, "terminated", 1)["reef.status"] == "pending"
+    events = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    started = [e for e in events if e.get("event") == "job.start" and e["model"] == "terminated"]
+    ended = [e for e in events if e.get("event") == "job.finish" and e["model"] == "terminated"]
+    assert len(started) == 1 and started[0]["ts"].endswith("Z")
+    assert len(ended) == 1 and ended[0]["outcome"] == "released" and ended[0]["duration_s"] > 0
+    drain(deployment)
+    assert tags(url, "terminated", 1)["reef.status"] == "done"
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=5
+        ) as a:
+            return a.status, a.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_serve_answers_healthz_and_metrics_to_the_token_holder_only(tmp_path: Path) -> None:
+    """`reef-forensics serve` as deployed: the token from the environment, JSON request logs."""
+    port = free_port()
+    (tmp_path / "reef.toml").write_text(f'queue = "{tmp_path / "q.sqlite"}"\n')
+    JobQueue(tmp_path / "q.sqlite").enqueue("m", "1")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [REEF, "serve", "--config", str(tmp_path / "reef.toml"), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "REEF_WEBHOOK_SECRET": "s3cret", "REEF_METRICS_TOKEN": "t0ken"},
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(lambda: "receiving" in log.read_text(), 60, "serve listening")
+            assert get(base + "/healthz") == (200, '{"status": "ok"}')
+            assert get(base + "/")[0] == 404
+            assert get(base + "/metrics", {"Authorization": "Bearer s3cret"})[0] == 401
+            status, text = get(base + "/metrics", {"Authorization": "Bearer t0ken"})
+            assert status == 200 and 'reef_jobs{state="pending"} 1.0' in text
+            assert 'reef_http_requests_total{method="GET",status="404"} 1.0' in text
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=20)
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    assert [(e["path"], e["status"]) for e in lines if e["event"] == "http.request"] == [
+        ("/healthz", 200),
+        ("/", 404),
+        ("/metrics", 401),
+        ("/metrics", 200),
+    ]
+    assert "t0ken" not in log.read_text() and "s3cret" not in log.read_text()
+
+
+def test_config_check_contacts_the_tracking_server(
+    deployment: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["config", "check", "--config", str(deployment["config"])]) == 0
+    out = capsys.readouterr().out
+    assert f"ok    tracking uri: {deployment['url']} (the MLflow server answered)" in out
+    dead = tmp_path / "dead.toml"
+    dead_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    dead.write_text(deployment["config"].read_text().replace(deployment["url"], dead_url))
+    assert main(["config", "check", "--config", str(dead)]) == 1
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "tracking uri" in x]
+    assert line.startswith(f"FAIL  tracking uri: cannot reach the tracking server {dead_url}")
+    assert "refused" in line
+
+
 # --- webhooks ------------------------------------------------------------------------------------
 
 
@@ -380,6 +528,28 @@ def test_the_receiver_checks_hmac_age_and_replays(receiver: tuple[str, JobQueue]
     body, headers = delivery("s3cret", delivery_id="d-2")  # MLflow's retry: a new delivery
     assert post(url, body, headers) == (200, {"status": "already queued"})
     assert [(j.name, j.version) for j in queue.jobs()] == [("m", "1")]
+
+
+def test_each_request_is_one_log_line_without_secrets(
+    receiver: tuple[str, JobQueue], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reef_forensics.observability import configure_logging
+
+    configure_logging()
+    url, _ = receiver
+    body, headers = delivery("s3cret", name="logged", delivery_id="d-log")
+    assert post(url, body, headers) == (200, {"status": "queued"})
+    body, headers = delivery("wrong secret", delivery_id="d-bad")
+    assert post(url, body, headers)[0] == 401
+    err = capsys.readouterr().err
+    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    requests = [e for e in lines if e.get("event") == "http.request"]
+    assert [(e["method"], e["path"], e["status"], e["outcome"]) for e in requests] == [
+        ("POST", "/webhook", 200, "queued"),
+        ("POST", "/webhook", 401, "bad signature"),
+    ]
+    assert all(e["ts"].endswith("Z") and e["duration_ms"] >= 0 for e in requests)
+    assert "s3cret" not in err and headers["X-MLflow-Signature"] not in err
 
 
 def test_mlflow_webhooks_reach_the_receiver(
