@@ -64,8 +64,13 @@ RENDERERS = ("weasyprint", "matplotlib")
 REPORT_FORMAT = "reef-forensics report"
 #: Format 2 attaches the report record; format 1 (before it) is re-rendered from a record that
 #: `verify` reads off the report's own pages (`report_verification.legacy_report_record`).
-REPORT_FORMAT_VERSION = 2
-READABLE_REPORT_VERSIONS = (1, 2)
+#: Format 3 adds the record's `time`: where the report's time comes from, which its pages state.
+REPORT_FORMAT_VERSION = 3
+READABLE_REPORT_VERSIONS = (1, 2, 3)
+#: A report record's `time`: the signer's clock (PAdES B-B), or an RFC 3161 timestamp (B-T and up).
+SIGNERS_CLOCK_TIME = "signer's clock"
+TSA_TIME = "RFC 3161 timestamp authority"
+_RECORD_FIELDS = {"format", "format_version", "case_id", "software", "pdf_variant", "templates"}
 _TEMPLATES_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|")
 #: What may be written in a report record: a case identifier is a label, not a sentence.
 CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/#-]{0,63}")
@@ -272,10 +277,13 @@ def check_case_id(case_id: str) -> str:
     return case_id
 
 
-def report_record(evidence: Evidence, case_id: str | None = None) -> bytes:
+def report_record(
+    evidence: Evidence, case_id: str | None = None, *, timestamped: bool = False
+) -> bytes:
     """What a report shows besides the signed evidence and the signer, as it is attached to the
-    report (canonical JSON): the case identifier, the versions of the software making it, and
-    the PDF variant. `verify` re-renders the pages from it, not from its own environment."""
+    report (canonical JSON): the case identifier, the versions of the software making it, the
+    PDF variant, and where its time comes from (``timestamped``: a TSA will stamp it). `verify`
+    re-renders the pages from it, not from its own environment."""
     return canonical_json(
         {
             "format": REPORT_FORMAT,
@@ -284,6 +292,7 @@ def report_record(evidence: Evidence, case_id: str | None = None) -> bytes:
             "software": software_versions(),
             "pdf_variant": PDF_VARIANT,
             "templates": templates_digest(),
+            "time": TSA_TIME if timestamped else SIGNERS_CLOCK_TIME,
         }
     )
 
@@ -303,16 +312,14 @@ def parse_report_record(data: bytes) -> dict[str, Any]:
         record = parse_json(data)
     except BadInputError as exc:
         raise ReportError(f"the report record is not JSON ({exc})") from None
-    if not isinstance(record, dict) or set(record) != {
-        "format",
-        "format_version",
-        "case_id",
-        "software",
-        "pdf_variant",
-        "templates",
-    }:
+    if not isinstance(record, dict) or set(record) - {"time"} != _RECORD_FIELDS:
         raise ReportError("the report record does not have the fields of a report record")
     version = record["format_version"]
+    if ("time" in record) != (version == 3) or record.get("time", TSA_TIME) not in (
+        TSA_TIME,
+        SIGNERS_CLOCK_TIME,
+    ):
+        raise ReportError("the report record's time source is not one a report of its format has")
     if (
         record["format"] != REPORT_FORMAT
         or type(version) is not int
@@ -349,14 +356,16 @@ def parse_report_record(data: bytes) -> dict[str, Any]:
     return record
 
 
-def with_report_record(evidence: Evidence, case_id: str | None = None) -> Evidence:
+def with_report_record(
+    evidence: Evidence, case_id: str | None = None, *, timestamped: bool = False
+) -> Evidence:
     """The evidence with its report record: the one it carries (a report being re-rendered), or
     a new one for this case and this software (a report being made)."""
     if evidence.report is not None:
         if case_id is not None:
             raise ReportError("a report being re-rendered keeps the case identifier it records")
         return evidence
-    return replace(evidence, report=report_record(evidence, case_id))
+    return replace(evidence, report=report_record(evidence, case_id, timestamped=timestamped))
 
 
 def signer_identity(cert: x509.Certificate) -> dict[str, str]:
@@ -429,6 +438,7 @@ def context(
         "software": made["software"],
         "variant": made["pdf_variant"],
         "report_tool": made["software"].get("reef-forensics", "unknown"),
+        "time_source": made.get("time"),
         "charts": _charts(record, path, positive) if charts else dict.fromkeys(CHARTS, ""),
     }
 
@@ -487,12 +497,15 @@ def _created(record: dict[str, Any]) -> datetime:
         return datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def render_pdf(evidence: Evidence, signer: Signer, case_id: str | None = None) -> bytes:
+def render_pdf(
+    evidence: Evidence, signer: Signer, case_id: str | None = None, *, timestamped: bool = False
+) -> bytes:
     """The unsigned PDF/A-4f, with the evidence and the report record attached; the same inputs
-    give the same bytes."""
+    give the same bytes. ``timestamped``: the pages say a timestamp authority gives its time."""
     if signer.certificate is None:
         raise KeyMaterialError("a report is signed with a certificate: pass --cert")
-    return render_report(with_report_record(evidence, case_id), signer_identity(signer.certificate))
+    evidence = with_report_record(evidence, case_id, timestamped=timestamped)
+    return render_report(evidence, signer_identity(signer.certificate))
 
 
 def render_report(evidence: Evidence, signer: dict[str, str]) -> bytes:
@@ -633,7 +646,8 @@ def write_report(
     if case_id is not None:
         check_case_id(case_id)  # before any work
     evidence = load_evidence(findings_dir, policy, victim=victim)
-    signed = sign_pdf(render_pdf(evidence, signer, case_id), signer, tsa)
+    pdf = render_pdf(evidence, signer, case_id, timestamped=tsa is not None)
+    signed = sign_pdf(pdf, signer, tsa)
     target = Path(out)
     if target.is_dir():
         raise ReportError(f"{target} is a directory: give the report's file name")

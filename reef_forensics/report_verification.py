@@ -64,6 +64,7 @@ from .report import (
     PDF_VARIANT,
     RENDERERS,
     REPORT_FORMAT,
+    TSA_TIME,
     Evidence,
     ReportError,
     case_identifier,
@@ -415,6 +416,7 @@ def _check_visible_content(
     except ReportError as exc:
         result.add("report record", False, str(exc))
         return
+    _check_stated_time(made, result)
     try:
         expected = PdfReader(io.BytesIO(render_report(evidence, signer_identity(signer_cert))))
         expected_pages = read_pages(expected)
@@ -472,6 +474,21 @@ def _check_visible_content(
             + _renderers(here)
             + " (text, its visibility and the pictures were compared)"
         )
+
+
+def _check_stated_time(made: dict[str, Any], result: VerificationResult) -> None:
+    """A report whose pages say a timestamp authority gives its time must carry a timestamp."""
+    if made.get("time") != TSA_TIME:
+        return
+    stamps = (result.time or {}).get("timestamps") or []
+    result.add(
+        "stated time",
+        bool(stamps),
+        "the report says a timestamp authority gives its time, and it carries an RFC 3161 timestamp"
+        if stamps
+        else "the report says a timestamp authority gives its time, but it carries no RFC 3161 "
+        "timestamp",
+    )
 
 
 def _renderers(software: dict[str, str]) -> str:
