@@ -14,6 +14,9 @@ connections are handled at once, and one more is answered 503 at once, without a
 client that hangs up is a line in the log, never a traceback. ``GET`` (any path) answers
 ``{"status": "ok"}`` and nothing else: the queue's counts are not told to callers who have not
 authenticated (the queue file holds them, for whoever may read it).
+
+Over HTTPS (``make_server(..., tls=tls.server_context(cert, key))``, ``serve --certfile``) the
+handshake happens in the connection's thread and within the same deadline.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -37,6 +41,8 @@ from typing import Any
 
 from reef_forensics.files import lone_surrogate, parse_json
 from reef_forensics.jobqueue import JobQueue
+
+from . import tls as _tls
 
 MAX_BODY = 1 << 20
 _log = logging.getLogger(__name__)
@@ -125,10 +131,13 @@ def make_server(
     read_timeout: float = 30.0,
     request_timeout: float = 60.0,
     max_handlers: int = 32,
+    tls: ssl.SSLContext | None = None,
 ) -> ThreadingHTTPServer:
     """The receiver. A client that goes silent for ``read_timeout`` seconds, or whose request is
-    not complete ``request_timeout`` seconds after it connected, is dropped without an answer;
-    beyond ``max_handlers`` connections at once, a new one is answered 503."""
+    not complete ``request_timeout`` seconds after it connected (the TLS handshake included), is
+    dropped without an answer; beyond ``max_handlers`` connections at once, a new one is answered
+    503 (over TLS, closed: no answer can be sent before a handshake). With ``tls`` (see
+    ``tls.server_context``) it speaks HTTPS only."""
     if not (read_timeout > 0 and request_timeout > 0 and max_handlers >= 1):
         raise ValueError("the timeouts must be positive and max_handlers at least 1")
 
@@ -137,11 +146,19 @@ def make_server(
         timeout = min(read_timeout, request_timeout)  # until setup() hands reads to the deadline
 
         def setup(self) -> None:
+            deadline = time.monotonic() + request_timeout
+            if tls is not None:  # here, in the connection's thread: never in the accept loop
+                self.request = _tls.handshake(tls, self.request, deadline, read_timeout)
             super().setup()
             self.rfile.close()  # StreamRequestHandler's socket file: reads go through the deadline
-            self.rfile = io.BufferedReader(
-                _DeadlineReader(self.connection, time.monotonic() + request_timeout, read_timeout)
-            )
+            self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline, read_timeout))
+
+        def finish(self) -> None:
+            try:
+                super().finish()
+            finally:
+                if tls is not None:  # the server closes the plain socket, which TLS took over
+                    _tls.close(self.request)
 
         def do_POST(self) -> None:
             length = content_length(self.headers.get("Content-Length"))
@@ -178,7 +195,7 @@ def make_server(
         def log_message(self, format: str, *args: Any) -> None:
             _log.info("%s %s", self.address_string(), format % args)
 
-    return _Server((host, port), Handler, max_handlers)
+    return _Server((host, port), Handler, max_handlers, tls=tls is not None)
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -217,14 +234,18 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type, max_handlers: int) -> None:
+    def __init__(
+        self, address: tuple[str, int], handler: type, max_handlers: int, *, tls: bool
+    ) -> None:
         self._slots = threading.BoundedSemaphore(max_handlers)
+        self._tls = tls
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             _log.info("%s refused: %s", client_address[0], "busy")
-            _refuse(request)
+            if not self._tls:  # a plain 503 would be noise to a TLS client: just close
+                _refuse(request)
             self.shutdown_request(request)
             return
         try:
@@ -241,6 +262,9 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
+        if isinstance(error, ssl.SSLError):  # e.g. TLSV1_ALERT_UNKNOWN_CA: the sender's trust
+            _log.warning("%s TLS failed: %s", client_address[0], error.reason or error)
+            return
         if isinstance(error, OSError):  # a hang-up, a reset, a timeout: the client's doing
             _log.info("%s connection ended: %s", client_address[0], type(error).__name__)
             return

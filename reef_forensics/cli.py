@@ -10,11 +10,12 @@ import argparse
 import json
 import math
 import os
+import ssl
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .cka import CkaMethod
@@ -38,6 +39,9 @@ from .keys import (
 )
 from .probes import DEFAULT_SPEC, MIN_PROBES, ProbeSet, load_probes
 from .signing import SIGNATURE_NAME, TrustPolicy
+
+if TYPE_CHECKING:
+    from .config import Config
 
 PROG = "reef-forensics"
 
@@ -408,6 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    serve.add_argument(
+        "--certfile",
+        metavar="PEM",
+        help="serve HTTPS with this certificate (and its chain); default [webhook] certfile",
+    )
+    serve.add_argument(
+        "--keyfile",
+        metavar="PEM",
+        help="the certificate's private key (default [webhook] keyfile, else in --certfile); "
+        "an encrypted key's passphrase is read from $REEF_TLS_KEY_PASSPHRASE",
+    )
     serve.set_defaults(handler=_cmd_serve)
 
     cfg = commands.add_parser("config", help="check the deployment configuration")
@@ -1000,12 +1015,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise BadInputError(
             f"no webhook secret: set {config.webhook_secret_env} to the secret given to MLflow's webhook"
         )
+    tls = _serve_tls(args, config)
     made = (
         [] if config.queue.exists() else [Path(f"{config.queue}{s}") for s in ("", "-wal", "-shm")]
     )
     queue = config.open_queue()
     try:
-        server = make_server(args.host, args.port, queue, secret, config.webhook_max_age)
+        server = make_server(args.host, args.port, queue, secret, config.webhook_max_age, tls=tls)
     except OSError as exc:  # the port is taken, the address is not this machine's, ...
         for path in made:  # a queue made just now is not left behind
             path.unlink(missing_ok=True)
@@ -1013,7 +1029,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
         ) from None
     print(
-        f"receiving MLflow webhooks on http://{args.host}:{server.server_address[1]}/ (queue {config.queue})",
+        f"receiving MLflow webhooks on {'https' if tls else 'http'}://{args.host}:{server.server_address[1]}/ (queue {config.queue})",
         flush=True,
     )
     try:
@@ -1023,6 +1039,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _serve_tls(args: argparse.Namespace, config: Config) -> ssl.SSLContext | None:
+    """The TLS context `serve` speaks with, from --certfile/--keyfile or the configuration's
+    [webhook] certfile/keyfile (the options win, as a pair); None for plain HTTP."""
+    from .plugins.tls import server_context
+
+    if args.certfile or args.keyfile:
+        certfile, keyfile = args.certfile, args.keyfile
+        if not certfile:
+            raise BadInputError("--keyfile needs --certfile (the certificate it is the key of)")
+        return server_context(Path(certfile), Path(keyfile) if keyfile else None)
+    if config.webhook_keyfile and not config.webhook_certfile:
+        raise BadInputError("[webhook] keyfile needs [webhook] certfile")
+    if config.webhook_certfile:
+        return server_context(config.webhook_certfile, config.webhook_keyfile)
+    return None
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:

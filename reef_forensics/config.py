@@ -27,6 +27,8 @@ backoff_seconds = 5
 [webhook]
 secret_env = "REEF_WEBHOOK_SECRET"     # the secret itself never sits in the file
 max_age_seconds = 300
+certfile = "/etc/reef/webhook-cert.pem"  # serve HTTPS (with keyfile); passphrase: REEF_TLS_KEY_PASSPHRASE
+keyfile = "/etc/reef/webhook-key.pem"
 ```
 
 Relative paths are relative to the file. `reef-forensics config check` loads it, checks that
@@ -74,6 +76,8 @@ class Config:
     backoff_seconds: float = 5.0
     webhook_secret_env: str = "REEF_WEBHOOK_SECRET"
     webhook_max_age: float = 300.0
+    webhook_certfile: Path | None = None
+    webhook_keyfile: Path | None = None
 
     def open_queue(self) -> JobQueue:
         """The job queue, with this configuration's lease, attempts and backoff."""
@@ -96,7 +100,7 @@ _SECTIONS = {
     "signing": {"key", "cert", "chain", "passphrase_file"},
     "screening": {"victims", "references", "alpha", "unrelated_alpha", "margin", "min_references"},
     "worker": {"max_attempts", "lease_seconds", "backoff_seconds"},
-    "webhook": {"secret_env", "max_age_seconds"},
+    "webhook": {"secret_env", "max_age_seconds", "certfile", "keyfile"},
 }
 
 
@@ -202,6 +206,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         webhook_max_age=number(
             webhook, "max_age_seconds", 300, "[webhook] max_age_seconds", positive=True
         ),
+        webhook_certfile=path_of(webhook.get("certfile"), "[webhook] certfile"),
+        webhook_keyfile=path_of(webhook.get("keyfile"), "[webhook] keyfile"),
     )
 
 
