@@ -411,17 +411,19 @@ def test_mlflow_webhooks_reach_the_receiver(
         assert [(j.name, j.version) for j in queue.jobs()] == [("hooked", "1")]
 
 
-def trusting_certifi(root: Path, ca_cert: Path) -> str:
-    """A PYTHONPATH entry holding a copy of certifi whose bundle also trusts ``ca_cert``: what a
-    deployment gets by adding its CA to the MLflow server's certifi bundle. MLflow's webhook
-    dispatcher ignores REQUESTS_CA_BUNDLE and SSL_CERT_FILE (its requests session has
-    ``trust_env`` off) and verifies against ``certifi.where()``."""
+def trusting(root: Path, ca_cert: Path) -> dict[str, str]:
+    """The environment under which an MLflow server trusts ``ca_cert`` for its webhooks: a copy
+    of certifi whose bundle also holds it, first on PYTHONPATH (what a deployment gets by adding
+    its CA to the server's certifi bundle), and that bundle as REQUESTS_CA_BUNDLE. From MLflow
+    3.15 the dispatcher's requests session has ``trust_env`` off and verifies against
+    ``certifi.where()`` only; before, REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, when set, wins."""
     import certifi
 
     shim = root / "trust"
     bundle = Path(shutil.copytree(Path(certifi.__file__).parent, shim / "certifi")) / "cacert.pem"
     bundle.write_bytes(bundle.read_bytes() + b"\n" + ca_cert.read_bytes())
-    return os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH")) if p)
+    path = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "REQUESTS_CA_BUNDLE": str(bundle), "CURL_CA_BUNDLE": str(bundle)}
 
 
 def test_mlflow_webhooks_reach_the_receiver_over_https(tmp_path: Path, offline: None) -> None:
@@ -449,7 +451,7 @@ def test_mlflow_webhooks_reach_the_receiver_over_https(tmp_path: Path, offline: 
         env = {
             "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
             "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",  # 127.0.0.1; schemes: the default, https
-            "PYTHONPATH": trusting_certifi(tmp_path, certs.ca_cert),
+            **trusting(tmp_path, certs.ca_cert),
         }
         for server in start_server(tmp_path / "plain", plugin=False, env=env):
             client = MlflowClient(server, server)
