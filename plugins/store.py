@@ -2,8 +2,9 @@
 queue the new version for fingerprinting and tag it ``reef.status=pending``.
 
 Registered under the entry-point group ``mlflow.model_registry_store`` for the schemes
-``reef+sqlite``, ``reef+postgresql``, ``reef+mysql`` and ``reef+mssql``: the store URI without
-the ``reef+`` prefix is the database MLflow uses as usual. The registration itself always comes
+``reef+sqlite``, ``reef+postgresql``, ``reef+postgresql+psycopg``, ``reef+mysql``,
+``reef+mysql+pymysql`` and ``reef+mssql``: the store URI without the ``reef+`` prefix is the
+database MLflow uses as usual. The registration itself always comes
 first and is never undone or blocked: anything that goes wrong while queueing is logged and the
 version is tagged ``reef.status=not-queued`` (best effort). The ``reef.status=pending`` tag is
 written with the version, in the same transaction.

@@ -17,6 +17,9 @@ client that hangs up is a line in the log, never a traceback.
 (the queue's counts by state among them) only with ``Authorization: Bearer TOKEN``; any other
 path 404 (`reef_forensics.observability.answer_get`). Each request is one JSON log line
 (``http.request``: method, path, status, outcome, duration; never a header or a body).
+
+Over HTTPS (``make_server(..., tls=tls.server_context(cert, key))``, ``serve --certfile``) the
+handshake happens in the connection's thread and within the same deadline.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -41,6 +45,8 @@ from typing import Any
 from reef_forensics.files import lone_surrogate, parse_json
 from reef_forensics.jobqueue import JobQueue
 from reef_forensics.observability import Metrics, answer_get, log_event
+
+from . import tls as _tls
 
 MAX_BODY = 1 << 20
 _log = logging.getLogger(__name__)
@@ -131,11 +137,14 @@ def make_server(
     max_handlers: int = 32,
     metrics_token: str | None = None,
     metrics: Metrics | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> ThreadingHTTPServer:
     """The receiver. A client that goes silent for ``read_timeout`` seconds, or whose request is
-    not complete ``request_timeout`` seconds after it connected, is dropped without an answer;
-    beyond ``max_handlers`` connections at once, a new one is answered 503. ``/metrics``
-    answers only a caller that sends ``metrics_token`` as a bearer token."""
+    not complete ``request_timeout`` seconds after it connected (the TLS handshake included), is
+    dropped without an answer; beyond ``max_handlers`` connections at once, a new one is answered
+    503 (over TLS, closed: no answer can be sent before a handshake). ``/metrics`` answers only a
+    caller that sends ``metrics_token`` as a bearer token. With ``tls`` (see
+    ``tls.server_context``) it speaks HTTPS only."""
     if not (read_timeout > 0 and request_timeout > 0 and max_handlers >= 1):
         raise ValueError("the timeouts must be positive and max_handlers at least 1")
     served = metrics or Metrics(queue.counts)
@@ -147,11 +156,19 @@ def make_server(
         def setup(self) -> None:
             self._started = time.monotonic()
             self._outcome = ""
+            deadline = time.monotonic() + request_timeout
+            if tls is not None:  # here, in the connection's thread: never in the accept loop
+                self.request = _tls.handshake(tls, self.request, deadline, read_timeout)
             super().setup()
             self.rfile.close()  # StreamRequestHandler's socket file: reads go through the deadline
-            self.rfile = io.BufferedReader(
-                _DeadlineReader(self.connection, time.monotonic() + request_timeout, read_timeout)
-            )
+            self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline, read_timeout))
+
+        def finish(self) -> None:
+            try:
+                super().finish()
+            finally:
+                if tls is not None:  # the server closes the plain socket, which TLS took over
+                    _tls.close(self.request)
 
         def do_POST(self) -> None:
             length = content_length(self.headers.get("Content-Length"))
@@ -197,7 +214,7 @@ def make_server(
         def log_message(self, format: str, *args: Any) -> None:
             _log.info("%s %s", self.address_string(), format % args)
 
-    return _Server((host, port), Handler, max_handlers)
+    return _Server((host, port), Handler, max_handlers, tls=tls is not None)
 
 
 def _log_request(handler: Any, code: int | str, metrics: Metrics) -> None:
@@ -251,14 +268,18 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type, max_handlers: int) -> None:
+    def __init__(
+        self, address: tuple[str, int], handler: type, max_handlers: int, *, tls: bool
+    ) -> None:
         self._slots = threading.BoundedSemaphore(max_handlers)
+        self._tls = tls
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             _log.info("%s refused: %s", client_address[0], "busy")
-            _refuse(request)
+            if not self._tls:  # a plain 503 would be noise to a TLS client: just close
+                _refuse(request)
             self.shutdown_request(request)
             return
         try:
@@ -275,6 +296,9 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
+        if isinstance(error, ssl.SSLError):  # e.g. TLSV1_ALERT_UNKNOWN_CA: the sender's trust
+            _log.warning("%s TLS failed: %s", client_address[0], error.reason or error)
+            return
         if isinstance(error, OSError):  # a hang-up, a reset, a timeout: the client's doing
             _log.info("%s connection ended: %s", client_address[0], type(error).__name__)
             return

@@ -414,6 +414,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    serve.add_argument(
+        "--certfile",
+        metavar="PEM",
+        help="serve HTTPS with this certificate (and its chain); default [webhook] certfile",
+    )
+    serve.add_argument(
+        "--keyfile",
+        metavar="PEM",
+        help="the certificate's private key (default [webhook] keyfile, else in --certfile); "
+        "an encrypted key's passphrase is read from $REEF_TLS_KEY_PASSPHRASE",
+    )
     serve.set_defaults(handler=_cmd_serve)
 
     from .cli_ops import add_queue_commands

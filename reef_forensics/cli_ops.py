@@ -8,9 +8,16 @@ one was left as it was (its state did not allow the action), 2 for an unknown id
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import BadInputError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def add_queue_commands(
@@ -186,6 +193,23 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_tls(args: argparse.Namespace, config: Config) -> ssl.SSLContext | None:
+    """The TLS context `serve` speaks with, from --certfile/--keyfile or the configuration's
+    [webhook] certfile/keyfile (the options win, as a pair); None for plain HTTP."""
+    from .plugins.tls import server_context
+
+    if args.certfile or args.keyfile:
+        certfile, keyfile = args.certfile, args.keyfile
+        if not certfile:
+            raise BadInputError("--keyfile needs --certfile (the certificate it is the key of)")
+        return server_context(Path(certfile), Path(keyfile) if keyfile else None)
+    if config.webhook_keyfile and not config.webhook_certfile:
+        raise BadInputError("[webhook] keyfile needs [webhook] certfile")
+    if config.webhook_certfile:
+        return server_context(config.webhook_certfile, config.webhook_keyfile)
+    return None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """`reef-forensics serve`: the webhook receiver, /healthz and /metrics, JSON request logs."""
     from pathlib import Path
@@ -202,6 +226,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise BadInputError(
             f"no webhook secret: set {config.webhook_secret_env} to the secret given to MLflow's webhook"
         )
+    tls = _serve_tls(args, config)
     made = (
         [] if config.queue.exists() else [Path(f"{config.queue}{s}") for s in ("", "-wal", "-shm")]
     )
@@ -214,6 +239,7 @@ def run_serve(args: argparse.Namespace) -> int:
             secret,
             config.webhook_max_age,
             metrics_token=config.metrics_token,
+            tls=tls,
         )
     except OSError as exc:  # the port is taken, the address is not this machine's, ...
         for path in made:  # a queue made just now is not left behind
@@ -223,7 +249,8 @@ def run_serve(args: argparse.Namespace) -> int:
         ) from None
     configure_logging()
     print(
-        f"receiving MLflow webhooks on http://{args.host}:{server.server_address[1]}/ (queue {config.queue})",
+        f"receiving MLflow webhooks on {'https' if tls else 'http'}://{args.host}:"
+        f"{server.server_address[1]}/ (queue {config.queue})",
         flush=True,
     )
     try:

@@ -29,6 +29,8 @@ backoff_seconds = 5
 [webhook]
 secret_env = "REEF_WEBHOOK_SECRET"     # the secret itself never sits in the file
 max_age_seconds = 300
+certfile = "/etc/reef/webhook-cert.pem"  # serve HTTPS (with keyfile); passphrase: REEF_TLS_KEY_PASSPHRASE
+keyfile = "/etc/reef/webhook-key.pem"
 
 [metrics]
 token_env = "REEF_METRICS_TOKEN"       # the bearer token /metrics asks for (never in the file)
@@ -84,6 +86,8 @@ class Config:
     webhook_secret_env: str = "REEF_WEBHOOK_SECRET"
     webhook_max_age: float = 300.0
     metrics_token_env: str = "REEF_METRICS_TOKEN"
+    webhook_certfile: Path | None = None
+    webhook_keyfile: Path | None = None
 
     def open_queue(self) -> JobQueue:
         """The job queue, with this configuration's lease, attempts and backoff."""
@@ -118,7 +122,7 @@ _SECTIONS = {
     "signing": {"key", "cert", "chain", "passphrase_file", "tsa_url", "crls"},
     "screening": {"victims", "references", "alpha", "unrelated_alpha", "margin", "min_references"},
     "worker": {"max_attempts", "lease_seconds", "backoff_seconds"},
-    "webhook": {"secret_env", "max_age_seconds"},
+    "webhook": {"secret_env", "max_age_seconds", "certfile", "keyfile"},
     "metrics": {"token_env"},
 }
 
@@ -230,6 +234,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         ),
         metrics_token_env=text(metrics.get("token_env"), "[metrics] token_env")
         or "REEF_METRICS_TOKEN",
+        webhook_certfile=path_of(webhook.get("certfile"), "[webhook] certfile"),
+        webhook_keyfile=path_of(webhook.get("keyfile"), "[webhook] keyfile"),
     )
     config.timestamping  # noqa: B018 (a bad TSA URL, or CRLs without one, fail at load)
     return config

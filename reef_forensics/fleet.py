@@ -47,7 +47,9 @@ from .registry import (
 )
 from .worker import JobFailed, Screener, already_done, is_suspect
 
-RAY_MISSING = "the fleet needs Ray: install reef-forensics[ray]"
+RAY_MISSING = (
+    "the fleet needs Ray: install reef-forensics with its ray extra (docs/mlflow.md, Install)"
+)
 Files = dict[str, bytes]
 
 

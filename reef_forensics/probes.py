@@ -172,7 +172,8 @@ def _huggingface(location: str, split: str, field: str) -> list[str]:
         import datasets
     except ImportError:
         raise ProbeSetError(
-            "hf: probe sets need the 'datasets' package: pip install 'reef-forensics[datasets]'"
+            "hf: probe sets need the 'datasets' package: install reef-forensics with its "
+            "datasets extra (docs/mlflow.md, Install)"
         ) from None
     try:
         if Path(location).is_dir():

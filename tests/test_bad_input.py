@@ -31,6 +31,8 @@ from reef_forensics.jobqueue import JobQueue
 from reef_forensics.keys import generate_keys, load_signer
 from reef_forensics.signing import sign_directory
 
+from .tls_certs import encrypt_key, make_server_certs
+
 PASS = "bad-input-passphrase"
 REEF = str(Path(sys.executable).parent / "reef-forensics")
 
@@ -352,6 +354,79 @@ CASES: dict[str, Case] = {
         "[webhook] max_age_seconds must be greater than 0",
         env={"REEF_WEBHOOK_SECRET": "s3cret"},
     ),
+    "serve/tls-certfile-missing": Case(
+        lambda c: ["serve", "--config", c.config(""), "--certfile", c.tmp / "none.pem"],
+        "cannot read the TLS certificate",
+        env={"REEF_WEBHOOK_SECRET": "s3cret"},
+    ),
+    "serve/tls-config-keyfile-missing": Case(
+        lambda c: [
+            "serve",
+            "--config",
+            c.config(
+                f'[webhook]\ncertfile = "{make_server_certs(c.tmp).cert}"\nkeyfile = "no.pem"\n'
+            ),
+        ],
+        "cannot read the TLS key",
+        env={"REEF_WEBHOOK_SECRET": "s3cret"},
+    ),
+    "serve/tls-keyfile-without-certfile": Case(
+        lambda c: ["serve", "--config", c.config(""), "--keyfile", make_server_certs(c.tmp).key],
+        "--keyfile needs --certfile",
+        env={"REEF_WEBHOOK_SECRET": "s3cret"},
+    ),
+    "serve/tls-key-of-another-certificate": Case(
+        lambda c: [
+            "serve",
+            "--config",
+            c.config(""),
+            "--certfile",
+            make_server_certs(c.tmp / "a").cert,
+            "--keyfile",
+            make_server_certs(c.tmp / "b").key,
+        ],
+        "is not the key of the certificate",
+        env={"REEF_WEBHOOK_SECRET": "s3cret"},
+    ),
+    "serve/tls-certfile-not-pem": Case(
+        lambda c: [
+            "serve",
+            "--config",
+            c.config(""),
+            "--certfile",
+            c.file("cert.pem", RANDOM),
+            "--keyfile",
+            make_server_certs(c.tmp).key,
+        ],
+        "are not a PEM certificate and its private key",
+        env={"REEF_WEBHOOK_SECRET": "s3cret"},
+    ),
+    "serve/tls-key-encrypted-no-passphrase": Case(
+        lambda c: [
+            "serve",
+            "--config",
+            c.config(""),
+            "--certfile",
+            make_server_certs(c.tmp).cert,
+            "--keyfile",
+            encrypt_key(c.tmp / "server-key.pem", b"pw", c.tmp / "enc.pem"),
+        ],
+        "is encrypted: set REEF_TLS_KEY_PASSPHRASE",
+        env={"REEF_WEBHOOK_SECRET": "s3cret", "REEF_TLS_KEY_PASSPHRASE": ""},
+    ),
+    "serve/tls-key-wrong-passphrase": Case(
+        lambda c: [
+            "serve",
+            "--config",
+            c.config(""),
+            "--certfile",
+            make_server_certs(c.tmp).cert,
+            "--keyfile",
+            encrypt_key(c.tmp / "server-key.pem", b"pw", c.tmp / "enc.pem"),
+        ],
+        "wrong passphrase for the TLS key",
+        env={"REEF_WEBHOOK_SECRET": "s3cret", "REEF_TLS_KEY_PASSPHRASE": "not-pw"},
+    ),
     # worker: start-up checks only
     "worker/missing-key": Case(
         lambda c: [
@@ -544,6 +619,7 @@ REAL_PROCESS_CASES = [
     "report/not-a-findings-folder",
     "verify/not-a-pdf-with-pdf-suffix",
     "serve/port-in-use",
+    "serve/tls-certfile-missing",
     "worker/corrupt-queue",
     "config/invalid-toml",
 ]

@@ -228,4 +228,4 @@ def test_without_ray_the_error_says_what_to_install(
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when it is absent
     code = main(["fleet", "--all", "--config", str(fleet["config"])])
     err = capsys.readouterr().err
-    assert code == 1 and "install reef-forensics[ray]" in err and err.count("\n") == 1, err
+    assert code == 1 and "with its ray extra" in err and err.count("\n") == 1, err

@@ -22,6 +22,7 @@ import math
 import select
 import shutil
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -40,12 +41,14 @@ from reef_forensics.evidence import verify_evidence
 from reef_forensics.fingerprint import MANIFEST, PROBES, read_fingerprint
 from reef_forensics.jobqueue import JobQueue
 from reef_forensics.keys import Signer, load_certificates, load_public_key
+from reef_forensics.plugins.tls import server_context
 from reef_forensics.plugins.webhook import handle_delivery, make_server, signature
 from reef_forensics.probes import load_probes
 from reef_forensics.report import load_evidence
 from reef_forensics.signing import SIGNATURE_NAME, TrustPolicy, sign_directory, verify_bundle_over
 
 from .conftest import SignedCase
+from .tls_certs import make_server_certs
 
 FUZZ = settings(
     max_examples=200,
@@ -700,6 +703,45 @@ def test_connections_beyond_the_handler_cap_are_refused_at_once(tmp_path: Path) 
             assert time.monotonic() < deadline, "the slots were not freed"
             time.sleep(0.1)
         assert answer.startswith(b"HTTP/1.0 200"), answer
+
+
+def client_hello() -> bytes:
+    """The first bytes a TLS client sends (its ClientHello), made without a network."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="x")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+def test_tls_handshakes_are_held_to_the_same_timeouts(tmp_path: Path) -> None:
+    """The attacks of the plain receiver, at the TLS handshake: a client that connects and says
+    nothing, and one that trickles its ClientHello a byte every 0.3 s. Neither stops others
+    from being served (the handshake is not done in the accepting loop), the silent one is
+    dropped after the read timeout (1 s), the trickling one at the request deadline (2 s)."""
+    certs = make_server_certs(tmp_path / "tls")
+    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+    with running_receiver(
+        JobQueue(tmp_path / "q.sqlite"),
+        read_timeout=1.0,
+        request_timeout=2.0,
+        tls=server_context(certs.cert, certs.key),
+    ) as address:
+        with socket.create_connection(address, timeout=10) as silent:
+            started = time.monotonic()
+            with (
+                socket.create_connection(address, timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as secure,
+            ):
+                secure.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert secure.recv(65536).startswith(b"HTTP/1.0 200")
+            assert silent.recv(1) == b""  # closed by the receiver, unanswered
+            assert 0.8 < time.monotonic() - started < 5
+        hello = client_hello()
+        assert len(hello) * 0.3 > 30
+        held = trickle_until_closed(address, hello, give_up=15)
+        assert held is not None, "the receiver still held the trickling handshake after 15 s"
+        assert 1.5 < held < 6, held
 
 
 class SlowQueue(JobQueue):

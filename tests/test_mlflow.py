@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from reef_forensics.jobqueue import JobQueue
 from reef_forensics.keys import generate_keys
 from reef_forensics.toy_models import make_model
 from reef_forensics.worker import Worker
+
+from .tls_certs import make_server_certs
 
 PASS = "mlflow-test"
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
@@ -576,6 +579,101 @@ def test_mlflow_webhooks_reach_the_receiver(
         client.create_model_version("hooked", f"runs:/{run.info.run_id}/model", run.info.run_id)
         wait_for(lambda: queue.jobs(), 30, "the webhook delivered")
         assert [(j.name, j.version) for j in queue.jobs()] == [("hooked", "1")]
+
+
+def trusting(root: Path, ca_cert: Path) -> dict[str, str]:
+    """The environment under which an MLflow server trusts ``ca_cert`` for its webhooks: a copy
+    of certifi whose bundle also holds it, first on PYTHONPATH (what a deployment gets by adding
+    its CA to the server's certifi bundle), and that bundle as REQUESTS_CA_BUNDLE. From MLflow
+    3.15 the dispatcher's requests session has ``trust_env`` off and verifies against
+    ``certifi.where()`` only; before, REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, when set, wins."""
+    import certifi
+
+    shim = root / "trust"
+    bundle = Path(shutil.copytree(Path(certifi.__file__).parent, shim / "certifi")) / "cacert.pem"
+    bundle.write_bytes(bundle.read_bytes() + b"\n" + ca_cert.read_bytes())
+    path = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "REQUESTS_CA_BUNDLE": str(bundle), "CURL_CA_BUNDLE": str(bundle)}
+
+
+def test_mlflow_webhooks_reach_the_receiver_over_https(tmp_path: Path, offline: None) -> None:
+    """MLflow's own dispatcher, with its default of https-only webhooks, delivers
+    ``model_version.created`` to the receiver over TLS, verifying a certificate from a CA made
+    here (which nothing trusts by default)."""
+    import requests
+    from cryptography.fernet import Fernet
+    from mlflow import MlflowClient
+
+    from reef_forensics.plugins.tls import server_context
+    from reef_forensics.plugins.webhook import make_server
+
+    certs = make_server_certs(tmp_path / "tls")
+    queue = JobQueue(tmp_path / "hooks.sqlite")
+    receiver = make_server(
+        "127.0.0.1", 0, queue, "s3cret", 300, tls=server_context(certs.cert, certs.key)
+    )
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{receiver.server_address[1]}/webhook"
+    try:
+        with pytest.raises(requests.exceptions.SSLError):  # certifi's bundle alone: refused
+            requests.get(url, timeout=5)
+        assert requests.get(url, timeout=5, verify=str(certs.ca_cert)).json() == {"status": "ok"}
+        env = {
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",  # 127.0.0.1; schemes: the default, https
+            **trusting(tmp_path, certs.ca_cert),
+        }
+        for server in start_server(tmp_path / "plain", plugin=False, env=env):
+            client = MlflowClient(server, server)
+            client.create_webhook(
+                name="reef", url=url, events=["model_version.created"], secret="s3cret"
+            )
+            client.create_registered_model("hooked")
+            run = client.create_run("0")
+            client.create_model_version("hooked", f"runs:/{run.info.run_id}/model", run.info.run_id)
+            wait_for(lambda: queue.jobs(), 30, "the webhook delivered over HTTPS")
+            assert [(j.name, j.version) for j in queue.jobs()] == [("hooked", "1")]
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def test_serve_speaks_https_with_the_configured_certificate(tmp_path: Path) -> None:
+    """`reef-forensics serve` with [webhook] certfile/keyfile (relative to the file): HTTPS, a
+    signed delivery queued, and plain HTTP on the same port answered with nothing."""
+    import requests
+
+    certs = make_server_certs(tmp_path / "tls")
+    config = tmp_path / "reef.toml"
+    config.write_text(
+        'queue = "queue.sqlite"\n[webhook]\ncertfile = "tls/server-cert.pem"\n'
+        'keyfile = "tls/server-key.pem"\n'
+    )
+    process = subprocess.Popen(
+        [REEF, "serve", "--config", str(config), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "REEF_WEBHOOK_SECRET": "s3cret"},
+    )
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        assert line.startswith("receiving MLflow webhooks on https://127.0.0.1:"), line
+        base = line.split()[4].rstrip("/")
+        ok = requests.get(base + "/healthz", timeout=5, verify=str(certs.ca_cert))
+        assert ok.json() == {"status": "ok"}
+        body, headers = delivery("s3cret", name="tls-model")
+        answer = requests.post(
+            base + "/webhook", data=body, headers=headers, timeout=5, verify=str(certs.ca_cert)
+        )
+        assert (answer.status_code, answer.json()) == (200, {"status": "queued"})
+        jobs = JobQueue(tmp_path / "queue.sqlite").jobs()
+        assert [(j.name, j.version) for j in jobs] == [("tls-model", "1")]
+        with pytest.raises(requests.exceptions.ConnectionError):  # no plain HTTP answer
+            requests.get(base.replace("https://", "http://") + "/", timeout=5)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 def test_the_evaluator_logs_findings_and_report_to_the_run(
