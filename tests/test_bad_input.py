@@ -335,6 +335,14 @@ CASES: dict[str, Case] = {
         lambda c: ["sign", c.copy(c.world.findings, "f"), "--key", c.world.key],
         "is not a fingerprint",
     ),
+    # queue: the job administration commands
+    "queue/retry-unknown-job": Case(
+        lambda c: ["queue", "retry", "99", "--config", c.config("")], "no job 99 in the queue"
+    ),
+    "queue/cancel-not-a-job-id": Case(
+        lambda c: ["queue", "cancel", "abc", "--config", c.config("")],
+        "'abc' is not a job id (a whole number)",
+    ),
     # serve: start-up checks only
     "serve/no-secret": Case(
         lambda c: ["serve", "--config", c.config("")], "no webhook secret: set REEF_WEBHOOK_SECRET"
