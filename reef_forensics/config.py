@@ -23,6 +23,10 @@ min_references = 3
 max_attempts = 5
 lease_seconds = 600
 backoff_seconds = 5
+reconcile_seconds = 300                # a reconciliation pass this often (0: never)
+
+[evidence]
+experiment = "reef-evidence"           # the service's own experiment for fingerprints and findings
 
 [webhook]
 secret_env = "REEF_WEBHOOK_SECRET"     # the secret itself never sits in the file
@@ -74,6 +78,8 @@ class Config:
     backoff_seconds: float = 5.0
     webhook_secret_env: str = "REEF_WEBHOOK_SECRET"
     webhook_max_age: float = 300.0
+    evidence_experiment: str = "reef-evidence"
+    reconcile_seconds: float = 300.0
 
     def open_queue(self) -> JobQueue:
         """The job queue, with this configuration's lease, attempts and backoff."""
@@ -95,7 +101,8 @@ _SECTIONS = {
     "": {"tracking_uri", "queue", "probes", "work_dir"},
     "signing": {"key", "cert", "chain", "passphrase_file"},
     "screening": {"victims", "references", "alpha", "unrelated_alpha", "margin", "min_references"},
-    "worker": {"max_attempts", "lease_seconds", "backoff_seconds"},
+    "worker": {"max_attempts", "lease_seconds", "backoff_seconds", "reconcile_seconds"},
+    "evidence": {"experiment"},
     "webhook": {"secret_env", "max_age_seconds"},
 }
 
@@ -121,6 +128,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     top = {k: v for k, v in data.items() if not isinstance(v, dict)}
     signing, screening = data.get("signing", {}), data.get("screening", {})
     worker, webhook = data.get("worker", {}), data.get("webhook", {})
+    evidence = data.get("evidence", {})
 
     def path_of(value: Any, what: str) -> Path | None:
         if value is None:
@@ -202,6 +210,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         webhook_max_age=number(
             webhook, "max_age_seconds", 300, "[webhook] max_age_seconds", positive=True
         ),
+        evidence_experiment=text(evidence.get("experiment"), "[evidence] experiment")
+        or "reef-evidence",
+        reconcile_seconds=number(worker, "reconcile_seconds", 300, "[worker] reconcile_seconds"),
     )
 
 

@@ -41,6 +41,7 @@ from .errors import BadInputError, KeyMaterialError, SignatureError
 from .evidence import verify_evidence
 from .files import parse_json, write_atomic
 from .fingerprint import MANIFEST
+from .naming import label, probe_label, reproduction, short_label
 from .signing import SIGNATURE_NAME, TrustPolicy
 from .unit_matching import format_log10_p
 
@@ -63,8 +64,10 @@ RENDERERS = ("weasyprint", "matplotlib")
 REPORT_FORMAT = "reef-forensics report"
 #: Format 2 attaches the report record; format 1 (before it) is re-rendered from a record that
 #: `verify` reads off the report's own pages (`report_verification.legacy_report_record`).
-REPORT_FORMAT_VERSION = 2
-READABLE_REPORT_VERSIONS = (1, 2)
+#: Format 3 prints the probe set by its file name (not the server's path) and the commands that
+#: reproduce the case (`naming.reproduction`) where format 2 printed placeholders.
+REPORT_FORMAT_VERSION = 3
+READABLE_REPORT_VERSIONS = (1, 2, 3)
 _TEMPLATES_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|")
 #: What may be written in a report record: a case identifier is a label, not a sentence.
 CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/#-]{0,63}")
@@ -215,6 +218,8 @@ FILTERS = {
     "odds10": fmt_odds_log10,
     "short": short_digest,
     "svg_uri": svg_uri,
+    "label": label,
+    "probe_label": probe_label,
 }
 
 
@@ -416,6 +421,8 @@ def context(
     )
     return {
         "r": record,
+        "report_format": made["format_version"],
+        "reproduction": reproduction(record) if made["format_version"] >= 3 else [],
         "case_id": made["case_id"],
         "signer": signer,
         "victim_manifest": victim_manifest,
@@ -448,7 +455,7 @@ def _charts(
             record["score"],
             [(c["name"], c["score"]) for c in controls["invariance"]],
             [(c["name"], c["score"]) for c in positive],
-            [(r["name"], r["score"]) for r in controls["negative"]],
+            [(short_label(r), r["score"]) for r in controls["negative"]],
         ),
         "units": _units_chart(record),
     }
@@ -460,7 +467,9 @@ def _units_chart(record: dict[str, Any]) -> str:
     if not units or not units["ran"]:
         return ""
     references = [
-        (r["name"], r["units"].get("log10_p_value")) for r in record["references"] if "units" in r
+        (short_label(r), r["units"].get("log10_p_value"))
+        for r in record["references"]
+        if "units" in r
     ]
     return charts.units(units["blocks"], references)
 

@@ -42,6 +42,7 @@ from .config import Config
 from .errors import BadInputError, ModelLoadError, ReefError, first_line, is_native_panic
 from .jobqueue import Job, JobQueue
 from .models import ALLOW_PICKLE_HINT
+from .naming import registry_identity
 from .registry import (
     SCREEN_PREFIX,
     TAG_FINGERPRINT_DIGEST,
@@ -57,6 +58,7 @@ from .registry import (
     parse_models_uri,
     versions_with_role,
 )
+from .registry_evidence import TAG_EVIDENCE_RUN, evidence_base, evidence_run
 
 _log = logging.getLogger(__name__)
 REGISTRY_DOWN = "the MLflow registry cannot be reached; the job waits for it"
@@ -89,6 +91,11 @@ def already_done(version: Any) -> bool:
 def is_suspect(version: Any) -> bool:
     """Whether a version is screened: victims and references (tag ``reef.role``) are not."""
     return version.tags.get(TAG_ROLE) not in ("victim", "reference")
+
+
+def screened(version: Any, label: str) -> bool:
+    """Whether the version carries the screening tag for the victim ``label``."""
+    return screen_key(label)[:250] in version.tags
 
 
 def screen_key(label: str) -> str:
@@ -158,7 +165,12 @@ class Screener:
                 f"models:/{job.name}/{job.version}", work / "model", self.config.tracking_uri
             )
             return fingerprint_model(
-                folder, work / "fingerprint", probes=self.probes, signer=self.signer
+                folder,
+                work / "fingerprint",
+                probes=self.probes,
+                signer=self.signer,
+                name=job.name,  # as its users know it, not the download folder's name
+                registry=registry_identity(job.name, job.version),
             )
         except (ModelLoadError, BadInputError) as exc:
             if registry_unreachable(exc):  # the download failed for an outage: handle() defers
@@ -171,27 +183,17 @@ class Screener:
         except ReefError as exc:
             raise JobFailed(first_line(exc), retry=True) from None
 
-    def _run_for(self, version: Any) -> str:
-        if version.run_id:
-            return str(version.run_id)
-        experiment = self.client.get_experiment_by_name("reef-forensics")
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else self.client.create_experiment("reef-forensics")
-        )
-        run = self.client.create_run(experiment_id, run_name=f"{version.name}-v{version.version}")
-        self.client.set_terminated(run.info.run_id)
-        return str(run.info.run_id)
-
     def publish(self, job: Job, version: Any, fingerprint: Any) -> str:
-        """Log the signed fingerprint as artifacts of the version's run, under
-        ``reef/NAME/vVERSION/fingerprint``, and tag the version with its digests and that URI;
-        returns the run id."""
-        run_id = self._run_for(version)
-        artifact_path = f"reef/{job.name}/v{job.version}/fingerprint"
+        """Log the signed fingerprint in the service's evidence experiment (one run per
+        version, `registry_evidence.evidence_run`) as ``fingerprint/``, and tag the version
+        with its digests, that URI and the run (``reef.evidence.run``); returns the run id."""
+        run_id = evidence_run(
+            self.client, self.config.evidence_experiment, job.name, str(job.version)
+        )
+        artifact_path = "fingerprint"
         self.client.log_artifacts(run_id, str(fingerprint.path), artifact_path=artifact_path)
         for key, value in (
+            (TAG_EVIDENCE_RUN, run_id),
             (TAG_MODEL_DIGEST, fingerprint.model_digest),
             (TAG_FINGERPRINT_DIGEST, fingerprint.digest),
             (TAG_PROBES_DIGEST, fingerprint.probes_digest),
@@ -209,12 +211,13 @@ class Screener:
         suspect: Any,
         references: list[Any],
         work: Path,
+        base: str = "",
     ) -> dict[str, Any]:
         """Check the suspect (the job's version) against one victim, calibrated on the
         references that are neither of the two models; tag ``reef.screen.VICTIM.vN`` with the
-        verdict, and for `derived` or `inconclusive` log the signed findings (and the signed
-        report, given a certificate) under ``reef/NAME/vVERSION/screening/``. Returns the
-        findings as JSON."""
+        verdict, log the signed findings under ``screening/VICTIM.vN/`` of the evidence run
+        (``run_id``), and for `derived` or `inconclusive` the signed report too (given a
+        certificate). Returns the findings as JSON."""
         from .analysis import DecisionRule, check, p_text, units_p_text
 
         rule = DecisionRule(**self.config.rule)
@@ -239,20 +242,20 @@ class Screener:
             f"{record['verdict']} score={record['score']:.4f} p={p_text(record).replace(' ', '')} "
             f"units={units_p_text(record).replace(' ', '')} refs={record['panel_size']}",
         )
-        if record["verdict"] == "unrelated":
-            return record
         folder = work / "screening" / key.removeprefix(SCREEN_PREFIX)
-        findings.write(folder / "findings", signer=self.signer)
-        if self.signer is not None and self.signer.certificate is not None:
+        findings.write(
+            folder / "findings", signer=self.signer
+        )  # every verdict: `verify` checks tags
+        certified = self.signer is not None and self.signer.certificate is not None
+        if record["verdict"] != "unrelated" and certified:
+            assert self.signer is not None
             from .report import write_report
 
             write_report(
                 folder / "findings", folder / "report.pdf", self.signer, victim=victim.path
             )
         self.client.log_artifacts(
-            run_id,
-            str(folder),
-            artifact_path=f"reef/{job.name}/v{job.version}/screening/{folder.name}",
+            run_id, str(folder), artifact_path=f"{base}screening/{folder.name}"
         )
         return record
 
@@ -280,7 +283,11 @@ class Worker(Screener):
         """Take jobs until ``stop()`` (or, with ``until_empty``, until no job is pending or
         running: retries and deferrals included); returns the number of jobs handled."""
         handled = 0
+        next_pass = time.monotonic()  # a reconciliation first, then every reconcile_seconds
         while not stop():
+            if self.config.reconcile_seconds > 0 and time.monotonic() >= next_pass:
+                self.reconcile()
+                next_pass = time.monotonic() + self.config.reconcile_seconds
             job = self.queue.claim(self.name)
             if job is None:
                 counts = self.queue.counts()
@@ -291,6 +298,21 @@ class Worker(Screener):
             self.handle(job)
             handled += 1
         return handled
+
+    def reconcile(self) -> None:
+        """One reconciliation pass (`reef_forensics.reconcile`), best effort: a registry that
+        cannot be read now is read at the next pass."""
+        from .reconcile import reconcile
+
+        try:
+            found = reconcile(self.config, self.queue, self.client)
+        except Exception as exc:
+            _log.warning("reef-forensics: reconciliation failed: %s", first_line(exc))
+            return
+        for uri in found.unqueued:
+            _log.warning("reef-forensics: %s was never queued: queued", uri)
+        for uri, victims in found.unscreened.items():
+            _log.warning("reef-forensics: %s queued for %s", uri, ", ".join(victims))
 
     def handle(self, job: Job) -> str:
         """Process one claimed job; returns its new state."""
@@ -367,17 +389,34 @@ class Worker(Screener):
             raise JobFailed(
                 f"cannot read the model version: {first_line(exc)}", retry=True
             ) from None
-        if already_done(version):
-            return  # already fingerprinted and screened: a repeated event
-        self._tag(job.name, job.version, TAG_STATUS, "running")
         self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        if already_done(version):  # a repeated event, or a reconciliation: victims added since
+            if is_suspect(version):
+                with tempfile.TemporaryDirectory(prefix="reef-job-", dir=self.config.work_dir) as d:
+                    self._screen_again(job, version, Path(d))
+            return
+        self._tag(job.name, job.version, TAG_STATUS, "running")
         with tempfile.TemporaryDirectory(prefix="reef-job-", dir=self.config.work_dir) as scratch:
             work = Path(scratch)
             fingerprint = self._fingerprint(job, work)
             run_id = self.publish(job, version, fingerprint)
-            if is_suspect(version):  # victims and references are not suspects
-                self._screen(job, fingerprint, run_id, work)
+            # the roles as they are now, not as they were when the job started: a version
+            # tagged victim or reference right after its registration is not screened
+            version = self.client.get_model_version(job.name, job.version)
+            if is_suspect(version):
+                self._screen(job, version, fingerprint, (run_id, ""), work)
         self.finish(job)
+
+    def _screen_again(self, job: Job, version: Any, work: Path) -> None:
+        """A done version: screen it against the victims it has no ``reef.screen`` tag for,
+        from its published fingerprint (nothing to do when there are none)."""
+        from .fingerprint import read_fingerprint
+
+        base = evidence_base(version)
+        path = fingerprint_of(version, work / "suspect", self.client)
+        if base is None or path is None:
+            return
+        self._screen(job, version, read_fingerprint(path), base, work)
 
     # --- screening ----------------------------------------------------------------------------------
 
@@ -412,7 +451,11 @@ class Worker(Screener):
             )
         return found
 
-    def _screen(self, job: Job, suspect: Any, run_id: str, work: Path) -> None:
+    def _screen(
+        self, job: Job, version: Any, suspect: Any, where: tuple[str, str], work: Path
+    ) -> None:
+        """Screen against every victim the version has no ``reef.screen`` tag for yet;
+        ``where``: the evidence run and the folder in it."""
         victims = self._fingerprints(
             list(self.config.victims),
             versions_with_role(self.client, "victim"),
@@ -420,6 +463,7 @@ class Worker(Screener):
             "victim",
             job,
         )
+        victims = [(label, v) for label, v in victims if not screened(version, label)]
         if not victims:
             return
         references = self._fingerprints(
@@ -429,5 +473,8 @@ class Worker(Screener):
             "reference",
             job,
         )
+        run_id, folder = where
+        base = f"{folder}/" if folder else ""
         for label, victim in victims:
-            self.screen_pair(job, run_id, label, victim, suspect, [r for _, r in references], work)
+            panel = [r for _, r in references]
+            self.screen_pair(job, run_id, label, victim, suspect, panel, work, base)
