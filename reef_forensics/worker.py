@@ -3,22 +3,28 @@
 For a job (a model version), `process`:
 
 1. reads the version; if it is already fingerprinted (tags ``reef.status=done`` and
-   ``reef.fingerprint.digest``), there is nothing to do: repeated events are harmless;
-2. downloads its files, fingerprints them on the deployment's probe set, signs the fingerprint,
-   logs it as artifacts of the version's run under ``reef/NAME/vVERSION/fingerprint`` and tags the
-   version (``reef.model.digest``, ``reef.fingerprint.digest``, ``reef.probes.digest``,
-   ``reef.fingerprint.uri``);
-3. unless it is itself a victim or a reference (tag ``reef.role``), screens it against every
-   victim (versions tagged ``reef.role=victim`` and the configured ones) with the references (versions tagged ``reef.role=reference`` and the configured ones):
-   a tag ``reef.screen.VICTIM.vVERSION`` with the verdict, score and p-value, and for `derived` or
-   `inconclusive` the signed findings and the signed report as artifacts under
-   ``reef/NAME/vVERSION/screening/``;
+   ``reef.fingerprint.digest``), it is only screened against the victims it has no
+   ``reef.screen`` tag for yet (victims added since: a reconciliation queued it), from its
+   published fingerprint; repeated events are harmless;
+2. downloads its files, fingerprints them on the deployment's probe set (the manifest naming the
+   registered version, `naming.registry_identity`), signs the fingerprint, logs it in the
+   service's evidence experiment (``[evidence] experiment``, one run per version,
+   `registry_evidence.evidence_run`) as ``fingerprint/`` and tags the version
+   (``reef.model.digest``, ``reef.fingerprint.digest``, ``reef.probes.digest``,
+   ``reef.fingerprint.uri``, ``reef.evidence.run``);
+3. reads the version's roles again (a role set while it was fingerprinted counts) and, unless it
+   is a victim or a reference (tag ``reef.role``), screens it against every victim (versions
+   tagged ``reef.role=victim`` and the configured ones) with the references (versions tagged
+   ``reef.role=reference`` and the configured ones): a tag ``reef.screen.VICTIM.vVERSION`` with
+   the verdict, score and p-value, the signed findings under ``screening/VICTIM.vN/`` of the
+   evidence run, and for `derived` or `inconclusive` the signed report beside them;
 4. tags ``reef.status=done``.
 
 A failure tags ``reef.status=failed`` with ``reef.status.reason`` and goes back to the queue with
 backoff (a model whose files cannot be loaded fails at once, with no retry: it cannot get
 better). A victim or reference not fingerprinted yet is queued, and the job deferred (tag
-``reef.status=waiting``; the attempt does not count).
+``reef.status=waiting``; the attempt does not count). The loop reconciles the registry with the
+queue when it starts and every ``[worker] reconcile_seconds`` (`reef_forensics.reconcile`).
 
 Steps 2 to 4 are `Screener` methods, which the Ray fleet (`reef_forensics.fleet`) takes too:
 both write the same tags and artifacts.

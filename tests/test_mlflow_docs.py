@@ -167,7 +167,15 @@ def test_findings_and_report_name_the_registered_versions_and_reproduce(
     flat = " ".join(text.split())
     assert "Victim (protected model) flagship version 1 (models:/flagship/1)" in flat
     assert "Suspect other version 1 (models:/other/1)" in flat
-    assert "independent-0 version 1 (models:/independent-0/1)" in flat
+    plain = subprocess.run(
+        ["pdftotext", str(case / "report.pdf"), "-"], capture_output=True, text=True
+    ).stdout
+    flat_plain = " ".join(plain.split())
+    for i in range(3):  # the reference table and the digests, each name with its digest
+        assert re.search(
+            rf"independent-{i} version 1 \(models:/independent-{i}/1\) sha256:[0-9a-f]{{12}}",
+            flat_plain,
+        ), flat_plain
     assert screened["probe_dir"] not in text and "deployment-probes.txt" in text
     assert "VICTIM_FINGERPRINT SUSPECT_FINGERPRINT" not in flat.split("8. How an auditor")[0]
     appendix = text.split("Commands", 1)[1].split("Digests", 1)[0]
