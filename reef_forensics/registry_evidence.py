@@ -108,7 +108,10 @@ def verify_version(
     local = download_evidence(mlflow_client, uri, scratch / "evidence")
     if not result.add("fingerprint", (local / "fingerprint").is_dir(), "downloaded"):
         return result
-    result.merge(verify_evidence(local / "fingerprint", trust), "fingerprint")
+    signed = verify_evidence(local / "fingerprint", trust)
+    result.merge(signed, "fingerprint")
+    result.signer = signed.signer
+    result.add("signature", signed.valid, "the version's signed fingerprint verifies")
     fingerprint = read_fingerprint(local / "fingerprint")
     for tag, value in (
         (TAG_FINGERPRINT_DIGEST, fingerprint.digest),
