@@ -18,7 +18,9 @@ instance or a cluster:
 
 The per-version steps are the worker's own (`reef_forensics.worker.Screener`), so the tags and
 artifacts are the same; a version already done (tag ``reef.status=done`` with a fingerprint
-digest) is skipped, the worker's idempotency rule. Every task loads the signing key itself from
+digest) is skipped, the worker's idempotency rule, unless it lacks the screening tag of a
+victim (one added since): it is then screened against those victims, from its published
+fingerprint. Every task loads the signing key itself from
 the configuration's paths, with the passphrase from its own environment (``REEF_KEY_PASSPHRASE``
 or the configured file): the key never travels through Ray. A local Ray instance inherits this
 process's environment; a cluster's nodes need the key files and the passphrase, as a worker

@@ -240,7 +240,7 @@ def test_docs_section_5_runs_as_written(screened: dict[str, Any], tmp_path: Path
     mlflow = Path(REEF).parent / "mlflow"
     run = tags(url, "other", 1)["reef.evidence.run"]
     raw = subprocess.run(
-        [str(mlflow), "artifacts", "download", "-u", f"runs:/{run}", "-d", "raw"],
+        [str(mlflow), "artifacts", "download", "-r", run, "-d", "raw"],
         cwd=tmp_path,
         env={**os.environ, "MLFLOW_TRACKING_URI": url},
         capture_output=True,
