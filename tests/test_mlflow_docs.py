@@ -260,9 +260,13 @@ def test_docs_section_6_runs_as_written_for_a_version_without_a_model_id(
     url = screened["url"]
     client = MlflowClient(url, url)
     info = register(url, screened["models"]["derived"], "derived-logged")
-    logged = mlflow.get_logged_model(info.model_id)
-    client.create_registered_model("no-id")  # registered from a path: no MLflow model id
-    made = client.create_model_version("no-id", logged.artifact_location)
+    files = mlflow.artifacts.download_artifacts(
+        artifact_uri=info.model_uri, dst_path=str(tmp_path / "files"), tracking_uri=url
+    )
+    run = client.create_run(client.get_experiment_by_name("users").experiment_id)
+    client.log_artifacts(run.info.run_id, files, artifact_path="model")
+    client.create_registered_model("no-id")  # registered from a run: no MLflow model id
+    made = client.create_model_version("no-id", f"runs:/{run.info.run_id}/model", run.info.run_id)
     assert made.model_id is None
     code = _block("## 6. From an evaluation", "python")
     for old, new in (

@@ -49,12 +49,14 @@ def test_a_named_local_case_reports_its_names_and_real_commands(
     for model, name in [(victim, "Acme chat 7B"), (suspect, None), *[(r, None) for r in refs]]:
         out = tmp_path / "fp" / model.name
         named = ["--name", name] if name else []
+        monkeypatch.setenv("REEF_KEY_PASSPHRASE", PASS)  # each command forgets it once read
         argv = ["fingerprint", str(model), "--out", str(out), "--probes", str(probe_file)]
         assert main([*argv, *named, *sign, "--no-progress"]) == 0
         made[model.name] = out
     manifest = json.loads((made["v1-final"] / "fingerprint.json").read_text())
     assert manifest["model"]["name"] == "Acme chat 7B" and "registry" not in manifest["model"]
     refs_args = [a for r in refs for a in ("--reference", str(made[r.name]))]
+    monkeypatch.setenv("REEF_KEY_PASSPHRASE", PASS)
     code = main(
         ["check", "--victim", str(made["v1-final"]), "--suspect", str(made["suspect-dir"]),
          *refs_args, "--out", str(tmp_path / "case"), "--report", str(tmp_path / "case.pdf"),
