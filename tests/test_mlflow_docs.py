@@ -272,8 +272,7 @@ def test_docs_section_6_runs_as_written_for_a_version_without_a_model_id(
     for old, new in (
         ("models:/other/7", f"models:/no-id/{made.version}"),
         ("models:/flagship/3", "models:/flagship/1"),
-        ('"models:/independent-a/1", "models:/independent-b/1", "models:/independent-c/1"',
-         ", ".join(f'"models:/independent-{i}/1"' for i in range(3))),
+        *[(f"models:/independent-{x}/1", f"models:/independent-{i}/1") for i, x in enumerate("abc")],
     ):  # fmt: skip
         assert old in code
         code = code.replace(old, new)

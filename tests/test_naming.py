@@ -72,8 +72,8 @@ def test_a_named_local_case_reports_its_names_and_real_commands(
     assert "Victim (protected model) Acme chat 7B" in flat and "Suspect suspect-dir" in flat
     assert str(probe_file.parent) not in text and "probes.txt: 40 texts" in flat
     appendix = re.sub(r"\\\s*\n\s*", " ", text.split("Commands", 1)[1].split("Digests", 1)[0])
-    commands = [line.strip() for line in appendix.splitlines() if line.strip()]
-    unwrapped = [re.sub(r" \\\n\s*", " ", c) for c in reproduction(record)]
+    commands = [" ".join(line.split()) for line in appendix.splitlines() if line.strip()]
+    unwrapped = [" ".join(c.replace("\\\n", " ").split()) for c in reproduction(record)]
     assert commands == unwrapped and commands[0] == (
         "reef-forensics fingerprint Acme_chat_7B --out Acme_chat_7B.fingerprint --probes probes.txt"
     )
