@@ -47,7 +47,6 @@ class ReefEvaluator(ModelEvaluator):
 
         from reef_forensics.analysis import check_paths
         from reef_forensics.config import load_config
-        from reef_forensics.keys import load_signer, read_passphrase
         from reef_forensics.naming import identity_of
         from reef_forensics.probes import load_probes
         from reef_forensics.registry import localize
@@ -62,19 +61,7 @@ class ReefEvaluator(ModelEvaluator):
                 "reef: the evaluated model has no MLflow model id (a version registered from "
                 "runs:/...): give evaluator_config {'reef': {'suspect': 'models:/NAME/VERSION'}}"
             )
-        key = settings.get("key") or config.key
-        signer = (
-            load_signer(
-                key,
-                passphrase=read_passphrase(
-                    settings.get("passphrase_file") or config.passphrase_file
-                ),
-                certificate=settings.get("cert") or config.cert,
-                chain=settings.get("chain") or config.chain,
-            )
-            if key
-            else None
-        )
+        signer = _signer(settings, config)
         client = MlflowClient()
         with tempfile.TemporaryDirectory(prefix="reef-evaluate-") as scratch:
             work = Path(scratch)
@@ -121,3 +108,19 @@ class ReefEvaluator(ModelEvaluator):
                 client.log_metric(run_id, name, value)
         client.set_tag(run_id, "reef.verdict", record["verdict"])
         return EvaluationResult(metrics=metrics, artifacts={}, run_id=run_id)
+
+
+def _signer(settings: dict[str, Any], config: Any) -> Any:
+    """The signer ``evaluator_config`` names (``key``, ``cert``, ``chain``,
+    ``passphrase_file``), else the configuration's; None without a key."""
+    from reef_forensics.keys import load_signer, read_passphrase
+
+    key = settings.get("key") or config.key
+    if not key:
+        return None
+    return load_signer(
+        key,
+        passphrase=read_passphrase(settings.get("passphrase_file") or config.passphrase_file),
+        certificate=settings.get("cert") or config.cert,
+        chain=settings.get("chain") or config.chain,
+    )
