@@ -422,7 +422,7 @@ def context(
     return {
         "r": record,
         "report_format": made["format_version"],
-        "reproduction": reproduction(record) if made["format_version"] >= 3 else [],
+        "reproduction": _reproduction(record) if made["format_version"] >= 3 else [],
         "case_id": made["case_id"],
         "signer": signer,
         "victim_manifest": victim_manifest,
@@ -437,6 +437,15 @@ def context(
         "report_tool": made["software"].get("reef-forensics", "unknown"),
         "charts": _charts(record, path, positive) if charts else dict.fromkeys(CHARTS, ""),
     }
+
+
+def _reproduction(record: dict[str, Any]) -> list[str]:
+    """The commands of a format-3 report; none for a record lacking what they name (the
+    templates then fail on the missing field, by name)."""
+    try:
+        return reproduction(record)
+    except (KeyError, TypeError):
+        return []
 
 
 CHARTS = ("heatmap", "stability", "controls", "units")
