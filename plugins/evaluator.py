@@ -7,6 +7,10 @@ a forensic check of the evaluated model against a victim, logged to the evaluati
 - ``references``: a list of the same kinds (at least 3 for a verdict);
 - ``victim_model``: the victim model, when ``victim`` is a fingerprint (positive controls);
 - ``positive_controls``: false to skip them (default: made when the victim is a model);
+- ``suspect``: the evaluated model as ``models:/NAME/VERSION`` (needed when the version has no
+  MLflow model id: one registered from ``runs:/...``);
+- ``probes``: the probe set (default: the deployment's, ``probes`` of $REEF_CONFIG), used when
+  the victim is a model;
 - ``key``, ``cert``, ``chain``, ``passphrase_file``: sign the findings and render the signed report
   (defaults: the deployment configuration, $REEF_CONFIG).
 
@@ -43,7 +47,8 @@ class ReefEvaluator(ModelEvaluator):
 
         from reef_forensics.analysis import check_paths
         from reef_forensics.config import load_config
-        from reef_forensics.keys import load_signer, read_passphrase
+        from reef_forensics.naming import identity_of
+        from reef_forensics.probes import load_probes
         from reef_forensics.registry import localize
 
         config = load_config()
@@ -51,25 +56,17 @@ class ReefEvaluator(ModelEvaluator):
         suspect = settings.get("suspect") or (
             f"models:/{kwargs['model_id']}" if kwargs.get("model_id") else None
         )
-        if suspect is None:
-            raise ValueError("reef: evaluate a logged model, or give evaluator_config suspect=")
-        key = settings.get("key") or config.key
-        signer = (
-            load_signer(
-                key,
-                passphrase=read_passphrase(
-                    settings.get("passphrase_file") or config.passphrase_file
-                ),
-                certificate=settings.get("cert") or config.cert,
-                chain=settings.get("chain") or config.chain,
+        if suspect is None:  # a registered version made from a run, not from a logged model
+            raise ValueError(
+                "reef: the evaluated model has no MLflow model id (a version registered from "
+                "runs:/...): give evaluator_config {'reef': {'suspect': 'models:/NAME/VERSION'}}"
             )
-            if key
-            else None
-        )
+        signer = _signer(settings, config)
         client = MlflowClient()
         with tempfile.TemporaryDirectory(prefix="reef-evaluate-") as scratch:
             work = Path(scratch)
             references = list(settings.get("references", []))
+            named = [identity_of(v) for v in (settings["victim"], suspect, *references)]
             victim, suspect_path, victim_model, *refs = localize(
                 [settings["victim"], suspect, settings.get("victim_model"), *references],
                 work / "models",
@@ -80,6 +77,8 @@ class ReefEvaluator(ModelEvaluator):
                 suspect_path,
                 [r for r in refs if r is not None],
                 workdir=work / "check",
+                probes=load_probes(settings.get("probes") or config.probes),
+                identities=named,
                 positive_controls=bool(settings.get("positive_controls", True)),
                 victim_model=victim_model,
             )
@@ -109,3 +108,19 @@ class ReefEvaluator(ModelEvaluator):
                 client.log_metric(run_id, name, value)
         client.set_tag(run_id, "reef.verdict", record["verdict"])
         return EvaluationResult(metrics=metrics, artifacts={}, run_id=run_id)
+
+
+def _signer(settings: dict[str, Any], config: Any) -> Any:
+    """The signer ``evaluator_config`` names (``key``, ``cert``, ``chain``,
+    ``passphrase_file``), else the configuration's; None without a key."""
+    from reef_forensics.keys import load_signer, read_passphrase
+
+    key = settings.get("key") or config.key
+    if not key:
+        return None
+    return load_signer(
+        key,
+        passphrase=read_passphrase(settings.get("passphrase_file") or config.passphrase_file),
+        certificate=settings.get("cert") or config.cert,
+        chain=settings.get("chain") or config.chain,
+    )

@@ -5,7 +5,8 @@ For servers that cannot load the registry-store plugin. MLflow signs each delive
 webhook's secret, and sends ``X-MLflow-Delivery-Id`` and ``X-MLflow-Timestamp``. A delivery is
 accepted only when the signature matches (else 401), the timestamp is within ``max_age`` seconds
 of now (else 401: a stale or future delivery), and the delivery id was not seen before (a
-replay is answered 200 and queues nothing). Other events are acknowledged and ignored.
+replay is answered 200 and queues nothing). Other events, and MLflow's test delivery (the
+example payload its Test button sends), are acknowledged and queue nothing.
 
 The HTTP side bounds what one client can hold: each request (request line, headers and body
 together) has ``request_timeout`` seconds, and each read ``read_timeout`` (a client trickling a
@@ -52,6 +53,18 @@ MAX_BODY = 1 << 20
 _log = logging.getLogger(__name__)
 
 
+#: What MLflow's webhook test (`MlflowClient.test_webhook`, the UI's Test button) sends for
+#: model_version.created: `ModelVersionCreatedPayload.example()` of MLflow 3.
+TEST_PAYLOAD = {
+    "name": "example_model",
+    "version": "1",
+    "source": "models:/123",
+    "run_id": "abcd1234abcd5678",
+    "tags": {"example_key": "example_value"},
+    "description": "An example model version",
+}
+
+
 def signature(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
     signed = delivery_id.encode() + b"." + timestamp.encode() + b"." + body
     digest = hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).digest()
@@ -94,6 +107,8 @@ def handle_delivery(
         return HTTPStatus.OK, {"status": "replay ignored"}
     if event != "model_version.created":
         return HTTPStatus.OK, {"status": f"event {event} ignored"}
+    if data == TEST_PAYLOAD:  # MLflow's "Test webhook": acknowledged, nothing to queue
+        return HTTPStatus.OK, {"status": "test delivery acknowledged"}
     try:
         name, version = str(data["name"]), str(data["version"])
         source = data.get("source")

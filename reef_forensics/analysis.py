@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -464,13 +464,18 @@ def _block_scores(matrix: Float64Array, layers_a: list[str], path: list[int]) ->
 
 
 def _describe(fingerprint: Fingerprint) -> dict[str, Any]:
+    """A model as the findings name it: its name, and the registered version (``registry``)
+    when its signed fingerprint records one (absent otherwise, as in findings made before)."""
     described = fingerprint.describe()
-    return {
+    entry: dict[str, Any] = {
         "name": described["model_name"],
         "digest": described["digest"],
         "model_digest": described["model_digest"],
         "layers": len(fingerprint.layers),
     }
+    if fingerprint.registry is not None:
+        entry["registry"] = fingerprint.registry
+    return entry
 
 
 def _clean(value: float) -> float | None:
@@ -780,9 +785,11 @@ def as_fingerprint(
     label: str,
     probes: ProbeSet | None = None,
     progress: bool = False,
+    identity: Mapping[str, Any] | None = None,
     **fingerprint_options: Any,
 ) -> Fingerprint:
-    """A fingerprint directory as it is, or a model fingerprinted on the victim's probe texts."""
+    """A fingerprint directory as it is, or a model fingerprinted on the victim's probe texts
+    (named by ``identity``, `naming.identity_of`, when given)."""
     from .fingerprint import MANIFEST, read_fingerprint
 
     path = Path(source)
@@ -802,6 +809,7 @@ def as_fingerprint(
         probes=probes or load_probes(),
         progress=progress,
         overwrite=True,
+        **(identity or {}),
         **fingerprint_options,
     )
 
@@ -819,10 +827,13 @@ def check_paths(
     positive_controls: bool = True,
     victim_model: str | os.PathLike[str] | None = None,
     merge_with_model: str | os.PathLike[str] | None = None,
+    identities: Sequence[Mapping[str, Any] | None] = (),
     **fingerprint_options: Any,
 ) -> Findings:
     """`check` on paths that are fingerprints or models (models are fingerprinted first, on the
-    victim's probe texts, into ``workdir``)."""
+    victim's probe texts, into ``workdir``); ``identities``: the victim's, the suspect's and
+    each reference's name (`naming.identity_of`), in that order, where known."""
+    named = [*identities, *[None] * (2 + len(references))]
     work = Path(workdir)
     victim_fp = as_fingerprint(
         victim,
@@ -831,6 +842,7 @@ def check_paths(
         label="victim",
         probes=probes,
         progress=progress,
+        identity=named[0],
         **fingerprint_options,
     )
     suspect_fp = as_fingerprint(
@@ -839,6 +851,7 @@ def check_paths(
         workdir=work,
         label="suspect",
         progress=progress,
+        identity=named[1],
         **fingerprint_options,
     )
     reference_fps = [
@@ -848,6 +861,7 @@ def check_paths(
             workdir=work,
             label=f"reference-{i + 1}",
             progress=progress,
+            identity=named[2 + i],
             **fingerprint_options,
         )
         for i, r in enumerate(references)

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from .cka import CkaMethod
+from .cli_registry import add_commands, add_registry_options, verify_registered
 from .comparison import Comparison, compare_fingerprints
 from .errors import BadInputError, ReefError, first_line, is_native_panic
 from .evidence import sign_evidence, verify_evidence
@@ -36,6 +37,7 @@ from .keys import (
     permission_warnings,
     read_passphrase,
 )
+from .naming import identity_of
 from .probes import DEFAULT_SPEC, MIN_PROBES, ProbeSet, load_probes
 from .signing import SIGNATURE_NAME, TrustPolicy
 from .timestamps import Timestamping, level_text
@@ -92,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fp.add_argument("model", metavar="MODEL", help="Hugging Face model folder or .gguf file")
     fp.add_argument("--out", required=True, metavar="DIR", help="fingerprint directory to create")
+    fp.add_argument(
+        "--name",
+        metavar="NAME",
+        help="the model's name in the fingerprint, findings and reports (default: the folder's "
+        "or file's name)",
+    )
     _add_probe_options(fp)
     fp.add_argument(
         "--pooling", choices=("last", "mean"), help="default: last for decoders, mean for encoders"
@@ -500,7 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
         "attached evidence, its printed numbers and (with --evidence) every number recomputed. "
         "Exit 0 when valid, 1 when not, 2 for bad input.",
     )
-    verify.add_argument("path", metavar="PATH", help="signed directory, or a report PDF")
+    verify.add_argument(
+        "path",
+        metavar="PATH",
+        help="signed directory, a report PDF, or models:/NAME/VERSION (its evidence and tags)",
+    )
     trust = verify.add_mutually_exclusive_group(required=True)
     trust.add_argument("--key", metavar="PUB", help="the signer's public key (or certificate)")
     trust.add_argument(
@@ -516,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)"
     )
+    add_registry_options(verify)
     verify.set_defaults(handler=_cmd_verify)
+    add_commands(commands)
     return parser
 
 
@@ -649,6 +663,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         max_memory=args.max_memory,
         offload_dir=args.offload_dir,
         unit_samples=args.unit_samples,
+        name=args.name,
     )
     if signer is not None:
         _warn_unverifiable(signer, fingerprint.path)
@@ -752,12 +767,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
         )
     probes = load_probes(args.probes) if victim_is_model else None
     with tempfile.TemporaryDirectory(prefix="reef-check-") as scratch:
+        named = [identity_of(v) for v in (args.victim, args.suspect, *args.reference)]
         _materialize_model_uris(args, Path(scratch))
         findings = check_paths(
             args.victim,
             args.suspect,
             args.reference,
             workdir=scratch,
+            identities=named,
             probes=probes,
             resamples=args.resamples,
             positive_controls=args.positive_controls,
@@ -1113,7 +1130,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         trust = TrustPolicy(public_key=load_public_key(args.key))
     else:
         trust = TrustPolicy(roots=tuple(load_certificates(args.trust)))
-    if Path(args.path).is_file():
+    if args.path.startswith("models:/"):
+        result = verify_registered(args, trust)
+    elif Path(args.path).is_file():
         from .report_verification import verify_report
 
         result = verify_report(args.path, trust, args.evidence)

@@ -25,6 +25,10 @@ min_references = 3
 max_attempts = 5
 lease_seconds = 600
 backoff_seconds = 5
+reconcile_seconds = 300                # a reconciliation pass this often (0: never)
+
+[evidence]
+experiment = "reef-evidence"           # the service's own experiment for fingerprints and findings
 
 [webhook]
 secret_env = "REEF_WEBHOOK_SECRET"     # the secret itself never sits in the file
@@ -88,6 +92,8 @@ class Config:
     metrics_token_env: str = "REEF_METRICS_TOKEN"
     webhook_certfile: Path | None = None
     webhook_keyfile: Path | None = None
+    evidence_experiment: str = "reef-evidence"
+    reconcile_seconds: float = 300.0
 
     def open_queue(self) -> JobQueue:
         """The job queue, with this configuration's lease, attempts and backoff."""
@@ -121,7 +127,8 @@ _SECTIONS = {
     "": {"tracking_uri", "queue", "probes", "work_dir"},
     "signing": {"key", "cert", "chain", "passphrase_file", "tsa_url", "crls"},
     "screening": {"victims", "references", "alpha", "unrelated_alpha", "margin", "min_references"},
-    "worker": {"max_attempts", "lease_seconds", "backoff_seconds"},
+    "worker": {"max_attempts", "lease_seconds", "backoff_seconds", "reconcile_seconds"},
+    "evidence": {"experiment"},
     "webhook": {"secret_env", "max_age_seconds", "certfile", "keyfile"},
     "metrics": {"token_env"},
 }
@@ -149,6 +156,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     signing, screening = data.get("signing", {}), data.get("screening", {})
     worker, webhook = data.get("worker", {}), data.get("webhook", {})
     metrics = data.get("metrics", {})
+    evidence = data.get("evidence", {})
 
     def path_of(value: Any, what: str) -> Path | None:
         if value is None:
@@ -236,6 +244,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         or "REEF_METRICS_TOKEN",
         webhook_certfile=path_of(webhook.get("certfile"), "[webhook] certfile"),
         webhook_keyfile=path_of(webhook.get("keyfile"), "[webhook] keyfile"),
+        evidence_experiment=text(evidence.get("experiment"), "[evidence] experiment")
+        or "reef-evidence",
+        reconcile_seconds=number(worker, "reconcile_seconds", 300, "[worker] reconcile_seconds"),
     )
     config.timestamping  # noqa: B018 (a bad TSA URL, or CRLs without one, fail at load)
     return config

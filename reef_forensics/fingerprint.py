@@ -135,6 +135,12 @@ class Fingerprint:
         chosen = self.manifest["extraction"].get("layers")
         return None if chosen is None else tuple(chosen)
 
+    @property
+    def registry(self) -> dict[str, str] | None:
+        """The registered version this fingerprint is of (``models:/NAME/VERSION``), if any."""
+        found = self.manifest["model"].get("registry")
+        return dict(found) if found is not None else None
+
     def describe(self) -> dict[str, str]:
         """Who this fingerprint is: its path and the digests that identify it."""
         return {
@@ -400,6 +406,12 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
         or [layer_name(i) for i in chosen] != names
     ):
         return "records a layer selection (extraction.layers) that does not match its layers"
+    if "registry" in manifest["model"]:
+        from .naming import registry_problem
+
+        problem = registry_problem(manifest["model"]["registry"])
+        if problem:
+            return problem
     if manifest["format_version"] >= 2:
         return _units_problem(manifest["units"], names)
     if "units" in manifest:

@@ -77,8 +77,13 @@ def fingerprint_model(
     max_memory: str | Mapping[Any, Any] | None = None,
     offload_dir: str | os.PathLike[str] | None = None,
     unit_samples: int = DEFAULT_UNIT_SAMPLES,
+    name: str | None = None,
+    registry: Mapping[str, str] | None = None,
 ) -> Fingerprint:
     """Fingerprint the model at ``model`` (a Hugging Face folder or a GGUF file) into ``out``.
+
+    ``name`` replaces the folder's (or file's) name in the manifest; ``registry`` records the
+    registered version it is (`naming.registry_identity`).
 
     ``device`` is ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (accelerate's device map over the
     GPUs, the CPU and the disk, capped by ``max_memory``; see `load_model`). ``layers`` keeps
@@ -115,6 +120,8 @@ def fingerprint_model(
             signer=signer,
             layers=layers,
             unit_samples=unit_samples,
+            name=name,
+            registry=registry,
         )
     finally:
         loaded.close()
@@ -137,6 +144,8 @@ def fingerprint_loaded(
     signer: Signer | None = None,
     layers: str | Sequence[int] | None = None,
     unit_samples: int = DEFAULT_UNIT_SAMPLES,
+    name: str | None = None,
+    registry: Mapping[str, str] | None = None,
 ) -> Fingerprint:
     """Extract a loaded model's representations of ``probes`` and write the fingerprint.
 
@@ -204,6 +213,10 @@ def fingerprint_loaded(
         if selection is not None:  # absent means every layer, as in fingerprints made before
             extraction["layers"] = list(selection)
         manifest = _manifest(loaded, digest, probes, extraction=extraction)
+        if name is not None:
+            manifest["model"]["name"] = name
+        if registry is not None:  # a registered version: named as its users know it
+            manifest["model"]["registry"] = dict(registry)
         return writer.commit(probes.texts, manifest, signer=signer)
 
 

@@ -18,7 +18,9 @@ instance or a cluster:
 
 The per-version steps are the worker's own (`reef_forensics.worker.Screener`), so the tags and
 artifacts are the same; a version already done (tag ``reef.status=done`` with a fingerprint
-digest) is skipped, the worker's idempotency rule. Every task loads the signing key itself from
+digest) is skipped, the worker's idempotency rule, unless it lacks the screening tag of a
+victim (one added since): it is then screened against those victims, from its published
+fingerprint. Every task loads the signing key itself from
 the configuration's paths, with the passphrase from its own environment (``REEF_KEY_PASSPHRASE``
 or the configured file): the key never travels through Ray. A local Ray instance inherits this
 process's environment; a cluster's nodes need the key files and the passphrase, as a worker
@@ -45,7 +47,8 @@ from .registry import (
     parse_models_uri,
     versions_with_role,
 )
-from .worker import JobFailed, Screener, already_done, is_suspect
+from .registry_evidence import evidence_base
+from .worker import JobFailed, Screener, already_done, is_suspect, screened
 
 RAY_MISSING = (
     "the fleet needs Ray: install reef-forensics with its ray extra (docs/mlflow.md, Install)"
@@ -215,13 +218,21 @@ def _plan(driver: Screener, config: Config, uris: Sequence[str] | None) -> _Plan
     others: set[str] = set()  # victims and references: not screened, fingerprinted if need be
     skipped: set[str] = set()
     for version in requested:
-        if is_suspect(version):
-            (skipped if already_done(version) else suspects).add(_uri(version))
-        elif not already_done(version):
-            others.add(_uri(version))
+        if not is_suspect(version):
+            if not already_done(version):
+                others.add(_uri(version))
+        elif not already_done(version) or _unscreened(version, victims):
+            suspects.add(_uri(version))  # done, but a victim added since: screened against it
+        else:
+            skipped.add(_uri(version))
     return _Plan(
         versions, sorted(suspects), sorted(others), victims, references, local, sorted(skipped)
     )
+
+
+def _unscreened(version: Any, victims: list[str]) -> list[str]:
+    """The victims a version has no ``reef.screen`` tag for (itself aside)."""
+    return [v for v in victims if v != _uri(version) and not screened(version, v)]
 
 
 def _version(registry: Any, uri: str) -> Any:
@@ -286,8 +297,7 @@ def _run(ray: Any, driver: Screener, config: Config, plan: _Plan) -> FleetResult
             *[payloads[r] for r in plan.references if r != suspect],
         )
         for suspect in plan.suspects
-        for victim in plan.victims
-        if victim != suspect
+        for victim in _unscreened(plan.versions[suspect], plan.victims)
     }
     lost = {"extracted": False, "seconds": 0.0, "extract_seconds": 0.0}
     fetched = {
@@ -422,6 +432,7 @@ def _fingerprint_task(
             record["extract_seconds"] = time.perf_counter() - extracting
             record["extracted"] = True
             record["run_id"] = screener.publish(job, version, made)
+            record["base"] = ""
             files = _pack(made.path)
         if finish:
             screener.finish(job)
@@ -439,9 +450,11 @@ def _download_task(config: Config, label: str) -> tuple[dict[str, Any], dict[str
     job = _job(label)
     error = None
     files: Files = {}
+    where: tuple[str, str] | None = None
     try:
         registry = client(config.tracking_uri)  # no key or probes needed to download
         version = registry.get_model_version(job.name, job.version)
+        where = evidence_base(version)  # a done suspect's screenings go beside its fingerprint
         with tempfile.TemporaryDirectory(prefix="reef-fleet-") as scratch:
             path = fingerprint_of(version, Path(scratch), registry)
             if path is None:
@@ -449,7 +462,8 @@ def _download_task(config: Config, label: str) -> tuple[dict[str, Any], dict[str
             files = _pack(path)
     except Exception as exc:
         error = f"cannot download its fingerprint: {first_line(exc)}"
-    return {"label": label, "kind": "download", "error": error}, {
+    run = {"run_id": where[0], "base": f"{where[1]}/" if where[1] else ""} if where else {}
+    return {"label": label, "kind": "download", "error": error, **run}, {
         "label": label,
         "error": error,
         "files": files,
@@ -496,6 +510,7 @@ def _screen(
                 _unpack(suspect["files"], work / "suspect"),
                 panel,
                 work,
+                suspect_record.get("base", ""),
             )
     except Exception as exc:
         return {"error": f"screening against {victim_label}: {first_line(exc)}"}

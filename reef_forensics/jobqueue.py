@@ -117,6 +117,22 @@ class JobQueue:
             )
             return cursor.rowcount == 1
 
+    def requeue(self, name: str, version: str | int, source: str | None = None) -> bool:
+        """Queue the version again: a new job, or a finished one (done or failed) made pending
+        with its attempts reset (a reconciliation found work left: a victim it was never
+        screened against). A job pending or running is left as it is. True when queued."""
+        if self.enqueue(name, version, source):
+            return True
+        now = time.time()
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = 'pending', attempts = 0, available_at = ?,"
+                " lease_until = NULL, last_error = NULL, updated = ?"
+                " WHERE name = ? AND version = ? AND state IN ('done', 'failed')",
+                (now, now, name, str(version)),
+            )
+            return cursor.rowcount == 1
+
     def claim(self, worker: str, now: float | None = None) -> Job | None:
         """The next due job, leased to ``worker``; None when nothing is due."""
         moment = time.time() if now is None else now

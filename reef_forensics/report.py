@@ -41,6 +41,7 @@ from .errors import BadInputError, KeyMaterialError, SignatureError
 from .evidence import verify_evidence
 from .files import parse_json, write_atomic
 from .fingerprint import MANIFEST
+from .naming import label, probe_label, reproduction, short_label
 from .signing import SIGNATURE_NAME, TrustPolicy
 from .timestamps import Timestamping, explain_failure, quiet_signing, signing_settings
 from .unit_matching import format_log10_p
@@ -64,7 +65,9 @@ RENDERERS = ("weasyprint", "matplotlib")
 REPORT_FORMAT = "reef-forensics report"
 #: Format 2 attaches the report record; format 1 (before it) is re-rendered from a record that
 #: `verify` reads off the report's own pages (`report_verification.legacy_report_record`).
-#: Format 3 adds the record's `time`: where the report's time comes from, which its pages state.
+#: Format 3 prints the probe set by its file name (not the server's path) and the commands that
+#: reproduce the case (`naming.reproduction`) where format 2 printed placeholders, and its record
+#: adds `time`: where the report's time comes from, which its pages state.
 REPORT_FORMAT_VERSION = 3
 READABLE_REPORT_VERSIONS = (1, 2, 3)
 #: A report record's `time`: the signer's clock (PAdES B-B), or an RFC 3161 timestamp (B-T and up).
@@ -221,6 +224,8 @@ FILTERS = {
     "odds10": fmt_odds_log10,
     "short": short_digest,
     "svg_uri": svg_uri,
+    "label": label,
+    "probe_label": probe_label,
 }
 
 
@@ -426,6 +431,8 @@ def context(
     )
     return {
         "r": record,
+        "report_format": made["format_version"],
+        "reproduction": _reproduction(record) if made["format_version"] >= 3 else [],
         "case_id": made["case_id"],
         "signer": signer,
         "victim_manifest": victim_manifest,
@@ -441,6 +448,15 @@ def context(
         "time_source": made.get("time"),
         "charts": _charts(record, path, positive) if charts else dict.fromkeys(CHARTS, ""),
     }
+
+
+def _reproduction(record: dict[str, Any]) -> list[str]:
+    """The commands of a format-3 report; none for a record lacking what they name (the
+    templates then fail on the missing field, by name)."""
+    try:
+        return reproduction(record)
+    except (KeyError, TypeError):
+        return []
 
 
 CHARTS = ("heatmap", "stability", "controls", "units")
@@ -459,7 +475,7 @@ def _charts(
             record["score"],
             [(c["name"], c["score"]) for c in controls["invariance"]],
             [(c["name"], c["score"]) for c in positive],
-            [(r["name"], r["score"]) for r in controls["negative"]],
+            [(short_label(r), r["score"]) for r in controls["negative"]],
         ),
         "units": _units_chart(record),
     }
@@ -471,7 +487,9 @@ def _units_chart(record: dict[str, Any]) -> str:
     if not units or not units["ran"]:
         return ""
     references = [
-        (r["name"], r["units"].get("log10_p_value")) for r in record["references"] if "units" in r
+        (short_label(r), r["units"].get("log10_p_value"))
+        for r in record["references"]
+        if "units" in r
     ]
     return charts.units(units["blocks"], references)
 

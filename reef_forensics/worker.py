@@ -3,23 +3,30 @@
 For a job (a model version), `process`:
 
 1. reads the version; if it is already fingerprinted (tags ``reef.status=done`` and
-   ``reef.fingerprint.digest``), there is nothing to do: repeated events are harmless;
-2. downloads its files, fingerprints them on the deployment's probe set, signs the fingerprint,
-   logs it as artifacts of the version's run under ``reef/NAME/vVERSION/fingerprint`` and tags the
-   version (``reef.model.digest``, ``reef.fingerprint.digest``, ``reef.probes.digest``,
-   ``reef.fingerprint.uri``);
-3. unless it is itself a victim or a reference (tag ``reef.role``), screens it against every
-   victim (versions tagged ``reef.role=victim`` and the configured ones) with the references (versions tagged ``reef.role=reference`` and the configured ones):
-   a tag ``reef.screen.VICTIM.vVERSION`` with the verdict, score and p-value, and for `derived` or
-   `inconclusive` the signed findings and the signed report as artifacts under
-   ``reef/NAME/vVERSION/screening/``;
+   ``reef.fingerprint.digest``), it is only screened against the victims it has no
+   ``reef.screen`` tag for yet (victims added since: a reconciliation queued it), from its
+   published fingerprint; repeated events are harmless;
+2. downloads its files, fingerprints them on the deployment's probe set (the manifest naming the
+   registered version, `naming.registry_identity`), signs the fingerprint, logs it in the
+   service's evidence experiment (``[evidence] experiment``, one run per version,
+   `registry_evidence.evidence_run`) as ``fingerprint/`` and tags the version
+   (``reef.model.digest``, ``reef.fingerprint.digest``, ``reef.probes.digest``,
+   ``reef.fingerprint.uri``, ``reef.evidence.run``);
+3. reads the version's roles again (a role set while it was fingerprinted counts) and, unless it
+   is a victim or a reference (tag ``reef.role``), screens it against every victim (versions
+   tagged ``reef.role=victim`` and the configured ones) with the references (versions tagged
+   ``reef.role=reference`` and the configured ones): a tag ``reef.screen.VICTIM.vVERSION`` with
+   the verdict, score and p-value, the signed findings under ``screening/VICTIM.vN/`` of the
+   evidence run, and for `derived` or `inconclusive` the signed report beside them;
 4. tags ``reef.status=done``.
 
 A failure tags ``reef.status=failed`` with ``reef.status.reason`` and goes back to the queue with
 backoff (a model whose files cannot be loaded fails at once, with no retry: it cannot get
 better). A version that is not a transformers model (a pyfunc, a sklearn model) is
-``reef.status=skipped`` with the reason. Reasons never quote the job's scratch paths. A victim or reference not fingerprinted yet is queued, and the job deferred (tag
-``reef.status=waiting``; the attempt does not count).
+``reef.status=skipped`` with the reason. Reasons never quote the job's scratch paths. A victim or
+reference not fingerprinted yet is queued, and the job deferred (tag ``reef.status=waiting``; the
+attempt does not count). The loop reconciles the registry with the queue when it starts and
+every ``[worker] reconcile_seconds`` (`reef_forensics.reconcile`).
 
 Steps 2 to 4 are `Screener` methods, which the Ray fleet (`reef_forensics.fleet`) takes too:
 both write the same tags and artifacts.
@@ -47,6 +54,7 @@ from .config import Config
 from .errors import BadInputError, ModelLoadError, ReefError, first_line, is_native_panic
 from .jobqueue import Job, JobQueue
 from .models import ALLOW_PICKLE_HINT
+from .naming import registry_identity
 from .observability import Metrics, log_event
 from .registry import (
     SCREEN_PREFIX,
@@ -64,6 +72,7 @@ from .registry import (
     parse_models_uri,
     versions_with_role,
 )
+from .registry_evidence import TAG_EVIDENCE_RUN, evidence_base, evidence_run
 from .worker_ops import WorkerStopping, lease_kept, scrub
 
 _log = logging.getLogger(__name__)
@@ -97,6 +106,11 @@ def already_done(version: Any) -> bool:
 def is_suspect(version: Any) -> bool:
     """Whether a version is screened: victims and references (tag ``reef.role``) are not."""
     return version.tags.get(TAG_ROLE) not in ("victim", "reference")
+
+
+def screened(version: Any, label: str) -> bool:
+    """Whether the version carries the screening tag for the victim ``label``."""
+    return screen_key(label)[:250] in version.tags
 
 
 def screen_key(label: str) -> str:
@@ -174,7 +188,12 @@ class Screener:
                 f"models:/{job.name}/{job.version}", work / "model", self.config.tracking_uri
             )
             return fingerprint_model(
-                folder, work / "fingerprint", probes=self.probes, signer=self.signer
+                folder,
+                work / "fingerprint",
+                probes=self.probes,
+                signer=self.signer,
+                name=job.name,  # as its users know it, not the download folder's name
+                registry=registry_identity(job.name, job.version),
             )
         except NotTransformersModel as exc:
             raise JobSkipped(first_line(exc)) from None
@@ -189,27 +208,17 @@ class Screener:
         except ReefError as exc:
             raise JobFailed(first_line(exc), retry=True) from None
 
-    def _run_for(self, version: Any) -> str:
-        if version.run_id:
-            return str(version.run_id)
-        experiment = self.client.get_experiment_by_name("reef-forensics")
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else self.client.create_experiment("reef-forensics")
-        )
-        run = self.client.create_run(experiment_id, run_name=f"{version.name}-v{version.version}")
-        self.client.set_terminated(run.info.run_id)
-        return str(run.info.run_id)
-
     def publish(self, job: Job, version: Any, fingerprint: Any) -> str:
-        """Log the signed fingerprint as artifacts of the version's run, under
-        ``reef/NAME/vVERSION/fingerprint``, and tag the version with its digests and that URI;
-        returns the run id."""
-        run_id = self._run_for(version)
-        artifact_path = f"reef/{job.name}/v{job.version}/fingerprint"
+        """Log the signed fingerprint in the service's evidence experiment (one run per
+        version, `registry_evidence.evidence_run`) as ``fingerprint/``, and tag the version
+        with its digests, that URI and the run (``reef.evidence.run``); returns the run id."""
+        run_id = evidence_run(
+            self.client, self.config.evidence_experiment, job.name, str(job.version)
+        )
+        artifact_path = "fingerprint"
         self.client.log_artifacts(run_id, str(fingerprint.path), artifact_path=artifact_path)
         for key, value in (
+            (TAG_EVIDENCE_RUN, run_id),
             (TAG_MODEL_DIGEST, fingerprint.model_digest),
             (TAG_FINGERPRINT_DIGEST, fingerprint.digest),
             (TAG_PROBES_DIGEST, fingerprint.probes_digest),
@@ -227,12 +236,13 @@ class Screener:
         suspect: Any,
         references: list[Any],
         work: Path,
+        base: str = "",
     ) -> dict[str, Any]:
         """Check the suspect (the job's version) against one victim, calibrated on the
         references that are neither of the two models; tag ``reef.screen.VICTIM.vN`` with the
-        verdict, and for `derived` or `inconclusive` log the signed findings (and the signed
-        report, given a certificate) under ``reef/NAME/vVERSION/screening/``. Returns the
-        findings as JSON."""
+        verdict, log the signed findings under ``screening/VICTIM.vN/`` of the evidence run
+        (``run_id``), and for `derived` or `inconclusive` the signed report too (given a
+        certificate). Returns the findings as JSON."""
         from .analysis import DecisionRule, check, p_text, units_p_text
 
         rule = DecisionRule(**self.config.rule)
@@ -257,11 +267,13 @@ class Screener:
             f"{record['verdict']} score={record['score']:.4f} p={p_text(record).replace(' ', '')} "
             f"units={units_p_text(record).replace(' ', '')} refs={record['panel_size']}",
         )
-        if record["verdict"] == "unrelated":
-            return record
         folder = work / "screening" / key.removeprefix(SCREEN_PREFIX)
-        findings.write(folder / "findings", signer=self.signer)
-        if self.signer is not None and self.signer.certificate is not None:
+        findings.write(
+            folder / "findings", signer=self.signer
+        )  # every verdict: `verify` checks tags
+        certified = self.signer is not None and self.signer.certificate is not None
+        if record["verdict"] != "unrelated" and certified:
+            assert self.signer is not None
             from .report import write_report
 
             write_report(
@@ -272,9 +284,7 @@ class Screener:
                 tsa=self.config.timestamping,
             )
         self.client.log_artifacts(
-            run_id,
-            str(folder),
-            artifact_path=f"reef/{job.name}/v{job.version}/screening/{folder.name}",
+            run_id, str(folder), artifact_path=f"{base}screening/{folder.name}"
         )
         return record
 
@@ -312,7 +322,11 @@ class Worker(Screener):
         handled."""
         handled = 0
         log_event("worker.start", worker=self.name, queue=str(self.queue.path))
+        next_pass = time.monotonic()  # a reconciliation first, then every reconcile_seconds
         while not (stop() or self.stop_requested):
+            if self.config.reconcile_seconds > 0 and time.monotonic() >= next_pass:
+                self.reconcile()
+                next_pass = time.monotonic() + self.config.reconcile_seconds
             job = self.queue.claim(self.name)
             if job is None:
                 counts = self.queue.counts()
@@ -332,6 +346,21 @@ class Worker(Screener):
         if self._in_job:
             self._in_job = False  # raised once: the hand-back itself is not interrupted
             raise WorkerStopping("the worker is stopping")
+
+    def reconcile(self) -> None:
+        """One reconciliation pass (`reef_forensics.reconcile`), best effort: a registry that
+        cannot be read now is read at the next pass."""
+        from .reconcile import reconcile
+
+        try:
+            found = reconcile(self.config, self.queue, self.client)
+        except Exception as exc:
+            _log.warning("reef-forensics: reconciliation failed: %s", first_line(exc))
+            return
+        for uri in found.unqueued:
+            _log.warning("reef-forensics: %s was never queued: queued", uri)
+        for uri, victims in found.unscreened.items():
+            _log.warning("reef-forensics: %s queued for %s", uri, ", ".join(victims))
 
     def handle(self, job: Job) -> str:
         """Process one claimed job, log and count its outcome; returns its new state."""
@@ -417,17 +446,34 @@ class Worker(Screener):
             raise JobFailed(
                 f"cannot read the model version: {first_line(exc)}", retry=True
             ) from None
-        if already_done(version):
-            return  # already fingerprinted and screened: a repeated event
-        self._tag(job.name, job.version, TAG_STATUS, "running")
         self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        if already_done(version):  # a repeated event, or a reconciliation: victims added since
+            if is_suspect(version):
+                with tempfile.TemporaryDirectory(prefix="reef-job-", dir=self.config.work_dir) as d:
+                    self._screen_again(job, version, Path(d))
+            return
+        self._tag(job.name, job.version, TAG_STATUS, "running")
         with tempfile.TemporaryDirectory(prefix="reef-job-", dir=self.config.work_dir) as scratch:
             work = Path(scratch)
             fingerprint = self._fingerprint(job, work)
             run_id = self.publish(job, version, fingerprint)
-            if is_suspect(version):  # victims and references are not suspects
-                self._screen(job, fingerprint, run_id, work)
+            # the roles as they are now, not as they were when the job started: a version
+            # tagged victim or reference right after its registration is not screened
+            version = self.client.get_model_version(job.name, job.version)
+            if is_suspect(version):
+                self._screen(job, version, fingerprint, (run_id, ""), work)
         self.finish(job)
+
+    def _screen_again(self, job: Job, version: Any, work: Path) -> None:
+        """A done version: screen it against the victims it has no ``reef.screen`` tag for,
+        from its published fingerprint (nothing to do when there are none)."""
+        from .fingerprint import read_fingerprint
+
+        base = evidence_base(version)
+        path = fingerprint_of(version, work / "suspect", self.client)
+        if base is None or path is None:
+            return
+        self._screen(job, version, read_fingerprint(path), base, work)
 
     # --- screening ----------------------------------------------------------------------------------
 
@@ -462,7 +508,11 @@ class Worker(Screener):
             )
         return found
 
-    def _screen(self, job: Job, suspect: Any, run_id: str, work: Path) -> None:
+    def _screen(
+        self, job: Job, version: Any, suspect: Any, where: tuple[str, str], work: Path
+    ) -> None:
+        """Screen against every victim the version has no ``reef.screen`` tag for yet;
+        ``where``: the evidence run and the folder in it."""
         victims = self._fingerprints(
             list(self.config.victims),
             versions_with_role(self.client, "victim"),
@@ -470,6 +520,7 @@ class Worker(Screener):
             "victim",
             job,
         )
+        victims = [(label, v) for label, v in victims if not screened(version, label)]
         if not victims:
             return
         references = self._fingerprints(
@@ -479,5 +530,8 @@ class Worker(Screener):
             "reference",
             job,
         )
+        run_id, folder = where
+        base = f"{folder}/" if folder else ""
         for label, victim in victims:
-            self.screen_pair(job, run_id, label, victim, suspect, [r for _, r in references], work)
+            panel = [r for _, r in references]
+            self.screen_pair(job, run_id, label, victim, suspect, panel, work, base)

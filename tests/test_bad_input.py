@@ -343,6 +343,22 @@ CASES: dict[str, Case] = {
         lambda c: ["queue", "cancel", "abc", "--config", c.config("")],
         "'abc' is not a job id (a whole number)",
     ),
+    # reconcile and evidence: the registry commands
+    "reconcile/bad-period": Case(
+        lambda c: ["reconcile", "--config", c.config('[worker]\nreconcile_seconds = "x"\n')],
+        "[worker] reconcile_seconds must be a non-negative number",
+    ),
+    "evidence/bad-config": Case(
+        lambda c: [
+            "evidence",
+            "models:/m/1",
+            "--out",
+            c.tmp / "evidence",
+            "--config",
+            c.config('[worker]\nreconcile_seconds = "x"\n'),
+        ],
+        "[worker] reconcile_seconds must be a non-negative number",
+    ),
     # serve: start-up checks only
     "serve/no-secret": Case(
         lambda c: ["serve", "--config", c.config("")], "no webhook secret: set REEF_WEBHOOK_SECRET"

@@ -148,8 +148,8 @@ def assert_fingerprinted_once(site: dict[str, Any], name: str, versions: list[st
 
     def files(name: str, version: str) -> set[str]:
         found = tags(url, name, version)
-        run_id = found["reef.fingerprint.uri"].removeprefix("runs:/").split("/", 1)[0]
-        listed = client.list_artifacts(run_id, f"reef/{name}/v{version}/fingerprint")
+        run_id, path = found["reef.fingerprint.uri"].removeprefix("runs:/").split("/", 1)
+        listed = client.list_artifacts(run_id, path)  # the service's evidence run
         return {Path(a.path).name for a in listed}
 
     expected = files("flagship", "1")  # fingerprinted once, by a worker nobody killed

@@ -327,3 +327,26 @@ def test_queue_commands_refuse_unknown_ids_and_say_what_they_left(
     assert exit_info.value.code == 2 and "not a job id" in capsys.readouterr().err
     assert main(["queue", "list", "--state", "stuck", "--config", str(config)]) == 2
     assert "unknown state 'stuck'" in capsys.readouterr().err
+
+
+def test_requeue_reopens_a_finished_job_and_leaves_a_live_one(tmp_path: Path) -> None:
+    queue = JobQueue(tmp_path / "q.sqlite")
+    assert queue.requeue("m", 1) is True  # a version never queued
+    job = queue.claim("w")
+    assert job is not None
+    assert queue.requeue("m", 1) is False  # running: left to its worker
+    queue.complete(job)
+    assert queue.requeue("m", 1) is True  # done: a victim was added since
+    assert [(j.state, j.attempts) for j in queue.jobs()] == [("pending", 0)]
+    assert queue.requeue("m", 1) is False  # already pending
+
+
+def test_the_evidence_experiment_and_reconcile_period_are_configurable(tmp_path: Path) -> None:
+    config = tmp_path / "reef.toml"
+    config.write_text('[evidence]\nexperiment = "audit"\n[worker]\nreconcile_seconds = 60\n')
+    loaded = load_config(config)
+    assert (loaded.evidence_experiment, loaded.reconcile_seconds) == ("audit", 60.0)
+    assert load_config(None).evidence_experiment == "reef-evidence"
+    config.write_text("[evidence]\nexperiment = 3\n")
+    with pytest.raises(BadInputError, match=r"\[evidence\] experiment"):
+        load_config(config)

@@ -579,6 +579,12 @@ def test_mlflow_webhooks_reach_the_receiver(
         client.create_model_version("hooked", f"runs:/{run.info.run_id}/model", run.info.run_id)
         wait_for(lambda: queue.jobs(), 30, "the webhook delivered")
         assert [(j.name, j.version) for j in queue.jobs()] == [("hooked", "1")]
+        hook = client.list_webhooks()[0]
+        tested = client.test_webhook(hook.webhook_id)  # the UI's Test button
+        assert tested.success and json.loads(tested.response_body) == {
+            "status": "test delivery acknowledged"
+        }
+        assert [(j.name, j.version) for j in queue.jobs()] == [("hooked", "1")]  # nothing more
 
 
 def trusting(root: Path, ca_cert: Path) -> dict[str, str]:
