@@ -505,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a signed evidence directory",
         description="Check the signature, every file's digest, that no file is missing or added, "
         "and the fingerprint's internal consistency; for a report PDF, its signature, its "
-        "attached evidence, its printed numbers and (with --evidence) every number recomputed. "
+        "attached evidence, that every page shows exactly what the attached signed findings "
+        "render to, its timestamps, and (with --evidence) every number recomputed. "
         "Exit 0 when valid, 1 when not, 2 for bad input.",
     )
     verify.add_argument(

@@ -339,9 +339,9 @@ CASES: dict[str, Case] = {
     "queue/retry-unknown-job": Case(
         lambda c: ["queue", "retry", "99", "--config", c.config("")], "no job 99 in the queue"
     ),
-    "queue/cancel-not-a-job-id": Case(
-        lambda c: ["queue", "cancel", "abc", "--config", c.config("")],
-        "'abc' is not a job id (a whole number)",
+    "queue/cancel-unknown-jobs": Case(
+        lambda c: ["queue", "cancel", "7", "8", "--config", c.config("")],
+        "no job 7, 8 in the queue",
     ),
     # reconcile and evidence: the registry commands
     "reconcile/bad-period": Case(

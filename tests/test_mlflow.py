@@ -623,7 +623,8 @@ def test_mlflow_webhooks_reach_the_receiver_over_https(tmp_path: Path, offline: 
     try:
         with pytest.raises(requests.exceptions.SSLError):  # certifi's bundle alone: refused
             requests.get(url, timeout=5)
-        assert requests.get(url, timeout=5, verify=str(certs.ca_cert)).json() == {"status": "ok"}
+        health = url.replace("/webhook", "/healthz")
+        assert requests.get(health, timeout=5, verify=str(certs.ca_cert)).json() == {"status": "ok"}
         env = {
             "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
             "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",  # 127.0.0.1; schemes: the default, https
