@@ -36,8 +36,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# -n 3 --dist loadfile: three processes, each test file in one of them (a file's tests share its
+# servers and run in their order); `$(BIN)/python -m pytest -q tests/test_x.py` runs one file
+PYTEST_WORKERS ?= 3
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15
 
 test: lint typecheck pytest
 

@@ -218,6 +218,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .errors import BadInputError
     from .observability import configure_logging
     from .plugins.webhook import make_server
+    from .worker_ops import WorkerStopping, stop_signals
 
     _port(args.port, "--port")
     config = load_config(args.config)
@@ -253,9 +254,14 @@ def run_serve(args: argparse.Namespace) -> int:
         f"{server.server_address[1]}/ (queue {config.queue})",
         flush=True,
     )
+
+    def stop() -> None:  # SIGTERM or SIGINT, even where the parent left SIGINT ignored
+        raise WorkerStopping("serve is stopping")
+
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
+        with stop_signals(stop):
+            server.serve_forever()
+    except (KeyboardInterrupt, WorkerStopping):
         pass
     finally:
         server.server_close()

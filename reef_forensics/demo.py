@@ -351,8 +351,16 @@ class _Registry:
         self.database = f"sqlite:///{root / 'mlflow.db'}"
         mlflow.set_tracking_uri(self.database)
         mlflow.set_registry_uri("reef+" + self.database)  # the store plugin, in this process
-        if mlflow.get_experiment_by_name("demo") is None:
-            mlflow.create_experiment("demo", artifact_location=(root / "artifacts").as_uri())
+        from .config import Config
+
+        # both experiments keep their artifacts under the demo's folder (a SQLite store would
+        # otherwise put the service's evidence in ./mlruns of wherever the demo was started)
+        for experiment, folder in (
+            ("demo", "artifacts"),
+            (Config().evidence_experiment, "artifacts/evidence"),
+        ):
+            if mlflow.get_experiment_by_name(experiment) is None:
+                mlflow.create_experiment(experiment, artifact_location=(root / folder).as_uri())
         mlflow.set_experiment("demo")
         self.client = mlflow.MlflowClient()
 

@@ -458,6 +458,25 @@ def layer_selection_mismatch(a: Fingerprint, b: Fingerprint) -> str | None:
     )
 
 
+def same_measurement(a: Fingerprint, b: Fingerprint) -> bool:
+    """Whether two fingerprints measured the same thing: the same model bytes (and registered
+    version), the same probe texts, the same extraction settings and format. They may differ in
+    when they were made, by which release, and in the last bits of the floats."""
+
+    def what(fingerprint: Fingerprint) -> Any:
+        manifest = fingerprint.manifest
+        return (
+            manifest["format_version"],
+            manifest["model"]["digest"],
+            manifest["model"].get("registry"),
+            manifest["probes"]["digest"],
+            manifest["extraction"],
+            fingerprint.layers,
+        )
+
+    return bool(what(a) == what(b))
+
+
 def _selection_words(fingerprint: Fingerprint) -> str:
     chosen = fingerprint.layer_selection
     if chosen is None:

@@ -431,9 +431,10 @@ def _fingerprint_task(
             made = screener._fingerprint(job, Path(scratch))
             record["extract_seconds"] = time.perf_counter() - extracting
             record["extracted"] = True
-            record["run_id"] = screener.publish(job, version, made)
-            record["base"] = ""
-            files = _pack(made.path)
+            published = screener.publish(job, version, made)
+            record["run_id"] = published.run_id
+            record["base"] = f"{published.folder}/" if published.folder else ""
+            files = _pack(published.fingerprint.path)
         if finish:
             screener.finish(job)
         record["error"] = None

@@ -62,6 +62,30 @@ def evidence_run(mlflow_client: Any, experiment: str, name: str, version: str) -
     return str(run.info.run_id)
 
 
+def published_before(mlflow_client: Any, run_id: str, dest: Path) -> Path | None:
+    """The fingerprint an evidence run already holds (``fingerprint/``), downloaded into
+    ``dest``; None when it holds none."""
+    import mlflow
+
+    if not mlflow_client.list_artifacts(run_id, "fingerprint"):
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"runs:/{run_id}/fingerprint",
+            dst_path=str(dest),
+            tracking_uri=mlflow_client.tracking_uri,
+        )
+    )
+
+
+def fingerprint_folder(digest: str) -> str:
+    """Where in an evidence run a version's fingerprint goes when the run already holds another
+    one (its probe set changed, say): a folder of its own, so the earlier one and the findings
+    that name it stay reproducible."""
+    return f"fingerprints/{digest.removeprefix('sha256:')[:16]}"
+
+
 def evidence_base(version: Any) -> tuple[str, str] | None:
     """(run id, artifact folder) of a version's evidence, from its ``reef.fingerprint.uri``."""
     match = _RUNS_URI.match(version.tags.get(TAG_FINGERPRINT_URI, ""))

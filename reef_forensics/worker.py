@@ -72,7 +72,13 @@ from .registry import (
     parse_models_uri,
     versions_with_role,
 )
-from .registry_evidence import TAG_EVIDENCE_RUN, evidence_base, evidence_run
+from .registry_evidence import (
+    TAG_EVIDENCE_RUN,
+    evidence_base,
+    evidence_run,
+    fingerprint_folder,
+    published_before,
+)
 from .worker_ops import WorkerStopping, lease_kept, scrub
 
 _log = logging.getLogger(__name__)
@@ -117,6 +123,16 @@ def screen_key(label: str) -> str:
     """The tag ``reef.screen.NAME.vN`` for the victim ``models:/NAME/N`` (other labels: their
     slashes made underscores)."""
     return SCREEN_PREFIX + label.removeprefix("models:/").replace("/", ".v", 1).replace("/", "_")
+
+
+@dataclass(frozen=True)
+class Published:
+    """Where `Screener.publish` put a version's fingerprint: the evidence run, the folder in it
+    (``""``: the run's top), and the fingerprint the tags now name."""
+
+    run_id: str
+    folder: str
+    fingerprint: Any
 
 
 class JobDeferred(Exception):
@@ -208,15 +224,35 @@ class Screener:
         except ReefError as exc:
             raise JobFailed(first_line(exc), retry=True) from None
 
-    def publish(self, job: Job, version: Any, fingerprint: Any) -> str:
+    def publish(self, job: Job, version: Any, fingerprint: Any) -> Published:
         """Log the signed fingerprint in the service's evidence experiment (one run per
         version, `registry_evidence.evidence_run`) as ``fingerprint/``, and tag the version
-        with its digests, that URI and the run (``reef.evidence.run``); returns the run id."""
+        with its digests, that URI and the run (``reef.evidence.run``).
+
+        A version fingerprinted again (its tags were lost, a reconciliation queued it) keeps
+        the fingerprint its run already holds when that one measured the same thing
+        (`fingerprint.same_measurement`): findings and reports that name its digest stay
+        reproducible. A different one (another probe set) goes to a folder of its own; nothing
+        published is overwritten."""
+        from .fingerprint import read_fingerprint, same_measurement
+
         run_id = evidence_run(
             self.client, self.config.evidence_experiment, job.name, str(job.version)
         )
-        artifact_path = "fingerprint"
-        self.client.log_artifacts(run_id, str(fingerprint.path), artifact_path=artifact_path)
+        folder = ""
+        earlier = published_before(self.client, run_id, fingerprint.path.parent / "published")
+        if earlier is not None:
+            try:
+                kept = read_fingerprint(earlier)
+            except ReefError:  # unsound: left where it is for whoever looks into it
+                kept = None
+            if kept is not None and same_measurement(kept, fingerprint):
+                fingerprint = kept
+            else:
+                folder = fingerprint_folder(fingerprint.digest)
+        artifact_path = f"{folder}/fingerprint" if folder else "fingerprint"
+        if fingerprint.path != earlier:
+            self.client.log_artifacts(run_id, str(fingerprint.path), artifact_path=artifact_path)
         for key, value in (
             (TAG_EVIDENCE_RUN, run_id),
             (TAG_MODEL_DIGEST, fingerprint.model_digest),
@@ -225,7 +261,7 @@ class Screener:
             (TAG_FINGERPRINT_URI, f"runs:/{run_id}/{artifact_path}"),
         ):
             self._tag(job.name, job.version, key, value)
-        return run_id
+        return Published(run_id, folder, fingerprint)
 
     def screen_pair(
         self,
@@ -355,12 +391,12 @@ class Worker(Screener):
         try:
             found = reconcile(self.config, self.queue, self.client)
         except Exception as exc:
-            _log.warning("reef-forensics: reconciliation failed: %s", first_line(exc))
+            log_event("reconcile.failure", level=logging.WARNING, reason=first_line(exc))
             return
         for uri in found.unqueued:
-            _log.warning("reef-forensics: %s was never queued: queued", uri)
+            log_event("reconcile.queued", level=logging.WARNING, model=uri, why="never queued")
         for uri, victims in found.unscreened.items():
-            _log.warning("reef-forensics: %s queued for %s", uri, ", ".join(victims))
+            log_event("reconcile.queued", model=uri, why="unscreened", victims=sorted(victims))
 
     def handle(self, job: Job) -> str:
         """Process one claimed job, log and count its outcome; returns its new state."""
@@ -455,13 +491,13 @@ class Worker(Screener):
         self._tag(job.name, job.version, TAG_STATUS, "running")
         with tempfile.TemporaryDirectory(prefix="reef-job-", dir=self.config.work_dir) as scratch:
             work = Path(scratch)
-            fingerprint = self._fingerprint(job, work)
-            run_id = self.publish(job, version, fingerprint)
+            published = self.publish(job, version, self._fingerprint(job, work))
             # the roles as they are now, not as they were when the job started: a version
             # tagged victim or reference right after its registration is not screened
             version = self.client.get_model_version(job.name, job.version)
             if is_suspect(version):
-                self._screen(job, version, fingerprint, (run_id, ""), work)
+                where = (published.run_id, published.folder)
+                self._screen(job, version, published.fingerprint, where, work)
         self.finish(job)
 
     def _screen_again(self, job: Job, version: Any, work: Path) -> None:

@@ -104,7 +104,10 @@ def test_the_accuracy_benchmark_runs_on_small_models(tmp_path: Path, probes) -> 
 
 
 def test_the_demo_runs_to_its_summary_table(tmp_path: Path) -> None:
-    """The README's first command (make demo runs exactly this), with its default training."""
+    """The README's first command (make demo runs exactly this), with its default training;
+    everything it writes goes under --dir, nothing to the folder it was started in."""
+    started_in = tmp_path / "started-in"
+    started_in.mkdir()
     done = run(
         BIN / "reef-forensics",
         "demo",
@@ -112,9 +115,11 @@ def test_the_demo_runs_to_its_summary_table(tmp_path: Path) -> None:
         tmp_path / "demo",
         "--json",
         tmp_path / "d.json",
+        cwd=started_in,
         timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert list(started_in.iterdir()) == []  # no ./mlruns of the evidence experiment
     assert "model        truth      verdict" in done.stdout
     rows = {r["model"]: r for r in json.loads((tmp_path / "d.json").read_text())["rows"]}
     assert set(rows) == {"fine-tuned", "pruned-30", "permuted", "merged", "unrelated"}

@@ -15,7 +15,9 @@ import ray
 
 from reef_forensics.cli import main
 from reef_forensics.config import load_config
+from reef_forensics.fingerprint import read_fingerprint
 from reef_forensics.fleet import screen_fleet
+from reef_forensics.naming import registry_identity
 from reef_forensics.toy_models import derive, make_model
 
 from .test_mlflow import deployment, offline, register, run_worker, tags  # noqa: F401
@@ -155,7 +157,13 @@ def test_the_fleet_fingerprints_each_version_once_and_screens_every_pair(
             artifact_uri=base, dst_path=str(tmp_path / "screening"), tracking_uri=url
         )
     )
-    assert sorted(p.name for p in screening.iterdir()) == ["fleet-victim-a.v1"]  # not unrelated
+    # signed findings for every victim (so `verify models:/...` checks each tag), a report only
+    # where the verdict is not `unrelated`
+    assert sorted(p.name for p in screening.iterdir()) == ["fleet-victim-a.v1", "fleet-victim-b.v1"]
+    assert not (screening / "fleet-victim-b.v1" / "report.pdf").exists()
+    unrelated = screening / "fleet-victim-b.v1" / "findings"
+    assert main(["verify", str(unrelated), "--trust", str(keys.ca_certificate)]) == 0
+    assert json.loads((unrelated / "findings.json").read_text())["verdict"] == "unrelated"
     folder = screening / "fleet-victim-a.v1"
     assert main(["verify", str(folder / "findings"), "--trust", str(keys.ca_certificate)]) == 0
     assert main(["verify", str(folder / "report.pdf"), "--trust", str(keys.ca_certificate)]) == 0
@@ -165,8 +173,22 @@ def test_the_fleet_fingerprints_each_version_once_and_screens_every_pair(
     assert record["verdict"] == pairs[derived_pair]["verdict"]
 
 
+def download(url: str, uri: str, dest: Path) -> Path:
+    import mlflow
+
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest), tracking_uri=url)
+    )
+
+
+def without_registry(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest less the model's name and registered version."""
+    model = {k: v for k, v in manifest["model"].items() if k not in ("name", "registry")}
+    return {**manifest, "model": model}
+
+
 def test_the_worker_writes_the_same_and_a_second_fleet_run_does_nothing(
-    fleet: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    fleet: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """The single-machine worker, given the same files under other names, finds the victims
     and references the fleet published, and writes the same digests and verdicts; a second
@@ -183,8 +205,18 @@ def test_the_worker_writes_the_same_and_a_second_fleet_run_does_nothing(
     for kind in ("derived", "unrelated"):
         by_fleet, by_worker = tags(url, f"fleet-{kind}", 1), tags(url, f"worker-{kind}", 1)
         assert by_worker["reef.status"] == "done", by_worker
-        for key in ("reef.model.digest", "reef.fingerprint.digest", "reef.probes.digest"):
+        for key in ("reef.model.digest", "reef.probes.digest"):
             assert by_worker[key] == by_fleet[key], key
+        # the fingerprints differ only in the registered version they name
+        fleet_print, worker_print = (
+            read_fingerprint(download(url, found["reef.fingerprint.uri"], tmp_path / who))
+            for who, found in (("fleet", by_fleet), ("worker", by_worker))
+        )
+        assert fleet_print.registry == registry_identity(f"fleet-{kind}", 1)
+        assert worker_print.registry == registry_identity(f"worker-{kind}", 1)
+        for name in ("probes.jsonl", "representations.safetensors", "units.safetensors"):
+            assert (fleet_print.path / name).read_bytes() == (worker_print.path / name).read_bytes()
+        assert without_registry(fleet_print.manifest) == without_registry(worker_print.manifest)
         for victim in VICTIMS:
             key = f"reef.screen.{victim}.v1"
             assert by_worker[key] == by_fleet[key]  # verdict, score, p-value, references

@@ -445,8 +445,9 @@ def test_serve_answers_healthz_and_metrics_to_the_token_holder_only(tmp_path: Pa
             assert status == 200 and 'reef_jobs{state="pending"} 1.0' in text
             assert 'reef_http_requests_total{method="GET",status="404"} 1.0' in text
         finally:
-            server.send_signal(signal.SIGINT)
-            server.wait(timeout=20)
+            server.send_signal(signal.SIGTERM)  # what a service manager sends
+            code = server.wait(timeout=20)
+    assert code == 0  # stopped on SIGTERM, cleanly
     lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
     assert [(e["path"], e["status"]) for e in lines if e["event"] == "http.request"] == [
         ("/healthz", 200),

@@ -36,6 +36,7 @@ def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Worker, lis
         work_dir=tmp_path / "work",
         probes="builtin:default",
         backoff_seconds=0.1,
+        reconcile_seconds=0,  # no registry to reconcile with
     )
     queue = config.open_queue()
     queue.enqueue("model", "1")
