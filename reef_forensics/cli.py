@@ -1036,13 +1036,15 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
         lines = [
             f"fleet: {len(result.fingerprinted)} fingerprinted, {len(result.reused)} reused, "
             f"{len(result.skipped)} already done, {len(result.screenings)} comparison(s), "
-            f"{len(result.failed)} failed, on {result.workers} CPU(s) in {result.seconds:.1f} s"
+            f"{len(result.failed)} failed, {len(result.not_models)} skipped (not transformers "
+            f"models), on {result.workers} CPU(s) in {result.seconds:.1f} s"
         ]
         for s in result.screenings:
             p = p_text({"p_value": s.p_value, "log10_p_value": s.log10_p_value})
             score = "n/a" if s.score is None else f"{s.score:.4f}"
             lines.append(f"  {s.suspect} vs {s.victim}: {s.verdict} score={score} p={p}")
         lines += [f"  FAILED {label}: {reason}" for label, reason in result.failed.items()]
+        lines += [f"  SKIPPED {label}: {reason}" for label, reason in result.not_models.items()]
         print("\n".join(lines))
     return 1 if result.failed else 0
 

@@ -48,7 +48,7 @@ from .registry import (
     versions_with_role,
 )
 from .registry_evidence import evidence_base
-from .worker import JobFailed, Screener, already_done, is_suspect, screened
+from .worker import JobFailed, JobSkipped, Screener, already_done, is_suspect, screened
 
 RAY_MISSING = (
     "the fleet needs Ray: install reef-forensics with its ray extra (docs/mlflow.md, Install)"
@@ -90,6 +90,9 @@ class FleetResult:
     skipped: list[str] = field(default_factory=list)
     screenings: list[Screening] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    # versions that are no transformers model (a pyfunc, a sklearn model): tagged
+    # ``reef.status=skipped`` with the reason, as the worker tags them, and not failures
+    not_models: dict[str, str] = field(default_factory=dict)
     workers: int | None = None
     seconds: float = 0.0
     # the tasks' own wall time, summed: "fingerprint" (phase 1, whole), "extract" (the download
@@ -105,6 +108,7 @@ class FleetResult:
             "skipped": self.skipped,
             "screenings": [s.as_json() for s in self.screenings],
             "failed": self.failed,
+            "not_models": self.not_models,
             "comparisons": len(self.screenings),
             "workers": self.workers,
             "seconds": round(self.seconds, 3),
@@ -334,10 +338,14 @@ def _collect(
             result.fingerprinted.append(label)
         elif record["kind"] == "download" and record["error"] is None:
             result.reused.append(label)
-        if record["kind"] == "fingerprint" and record["error"] is not None:
+        if record["kind"] == "fingerprint" and record.get("not_a_model"):
+            result.not_models[label] = record["error"]
+        elif record["kind"] == "fingerprint" and record["error"] is not None:
             result.failed[label] = record["error"]  # the fleet's own attempt at this version
     for (suspect, victim), outcome in sorted(compared.items()):
         result.task_seconds["compare"] += outcome["seconds"]
+        if suspect in result.not_models:  # nothing to compare: skipped, with its reason
+            continue
         if outcome["error"] is not None:
             result.failed.setdefault(suspect, outcome["error"])
             continue
@@ -353,8 +361,10 @@ def _collect(
             )
         )
     for label in plan.suspects:
-        if label not in result.failed:
+        if label not in result.failed and label not in result.not_models:
             driver.finish(_job(label))
+    for label, reason in result.not_models.items():
+        driver._tag_status(_job(label), "skipped", reason)
     for label, reason in result.failed.items():
         driver._tag_status(_job(label), "failed", reason)  # as the worker tags a spent job
     return result
@@ -438,6 +448,9 @@ def _fingerprint_task(
         if finish:
             screener.finish(job)
         record["error"] = None
+    except JobSkipped as exc:  # not a transformers model: skipped, never retried
+        record["error"] = str(exc)
+        record["not_a_model"] = True
     except JobFailed as exc:
         record["error"] = str(exc)
     except Exception as exc:  # reported to the driver, which tags the version failed

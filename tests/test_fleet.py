@@ -234,6 +234,41 @@ def test_the_worker_writes_the_same_and_a_second_fleet_run_does_nothing(
     assert code == 0 and "fleet: 0 fingerprinted, 0 reused, 2 already done, 0 comparison(s)" in out
 
 
+def test_a_version_that_is_not_a_transformers_model_is_skipped_not_failed(
+    fleet: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the worker does: ``reef.status=skipped`` with the reason, no failure, exit 0."""
+    import mlflow
+
+    class Echo(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            return model_input
+
+    url = fleet["url"]
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    mlflow.set_experiment("users")
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(
+            name="model", python_model=Echo(), registered_model_name="fleet-echo"
+        )
+    capsys.readouterr()
+    code = main(
+        ["fleet", "models:/fleet-echo/1", "--config", str(fleet["config"]), "--workers", "1"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "0 failed, 1 skipped (not transformers models)" in out, out
+    assert (
+        "SKIPPED models:/fleet-echo/1: not a transformers model (MLflow flavors: python_function)"
+        in out
+    )
+    found = tags(url, "fleet-echo", 1)
+    assert found["reef.status"] == "skipped", found
+    assert found["reef.status.reason"].startswith("not a transformers model")
+    assert not [k for k in found if k.startswith("reef.screen.")]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
