@@ -20,7 +20,14 @@ from reef_forensics.fleet import screen_fleet
 from reef_forensics.naming import registry_identity
 from reef_forensics.toy_models import derive, make_model
 
-from .test_mlflow import deployment, offline, register, run_worker, tags  # noqa: F401
+from .test_mlflow import (  # noqa: F401
+    deployment,
+    offline,
+    register,
+    register_pyfunc,
+    run_worker,
+    tags,
+)
 
 pytestmark = pytest.mark.slow
 SUSPECTS = ["models:/fleet-derived/1", "models:/fleet-unrelated/1"]
@@ -238,20 +245,8 @@ def test_a_version_that_is_not_a_transformers_model_is_skipped_not_failed(
     fleet: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """As the worker does: ``reef.status=skipped`` with the reason, no failure, exit 0."""
-    import mlflow
-
-    class Echo(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-            return model_input
-
     url = fleet["url"]
-    mlflow.set_tracking_uri(url)
-    mlflow.set_registry_uri(url)
-    mlflow.set_experiment("users")
-    with mlflow.start_run():
-        mlflow.pyfunc.log_model(
-            name="model", python_model=Echo(), registered_model_name="fleet-echo"
-        )
+    register_pyfunc(url, "fleet-echo")
     capsys.readouterr()
     code = main(
         ["fleet", "models:/fleet-echo/1", "--config", str(fleet["config"]), "--workers", "1"]

@@ -147,6 +147,21 @@ def register(url: str, model_dir: Path, name: str) -> Any:
     return info
 
 
+def register_pyfunc(url: str, name: str) -> None:
+    """Register a python_function model that is no transformers model (it echoes its input)."""
+    import mlflow
+
+    class Echo(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            return model_input
+
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    mlflow.set_experiment("users")
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name=name)
+
+
 def tags(url: str, name: str, version: str | int) -> dict[str, str]:
     from mlflow import MlflowClient
 
@@ -337,15 +352,9 @@ def test_a_pyfunc_or_sklearn_version_is_skipped_with_the_reason(
     import numpy as np
     from sklearn.linear_model import LinearRegression
 
-    class Echo(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-            return model_input
-
     url = deployment["url"]
-    mlflow.set_tracking_uri(url)
-    mlflow.set_registry_uri(url)
+    register_pyfunc(url, "echo")
     with mlflow.start_run():
-        mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name="echo")
         regression = LinearRegression().fit(np.eye(3), np.arange(3))
         mlflow.sklearn.log_model(regression, name="lr", registered_model_name="regression")
     drain(deployment)
