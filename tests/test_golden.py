@@ -93,3 +93,85 @@ def test_format_1_fingerprints_still_check_with_the_unit_test_skipped_and_said(
     assert any(
         "neuron-matching test" in reason and "format 1" in reason for reason in record["reasons"]
     )
+
+
+# Release 1cfaafb: fingerprint format 2 (MLP units), findings format 3 (three tests), report v3.
+GOLDEN_V3 = Path(__file__).parent / "golden" / "1cfaafb"
+
+
+def test_release_1cfaafb_fixtures_are_the_released_bytes() -> None:
+    recorded = json.loads((GOLDEN_V3 / "SHA256SUMS.json").read_text())
+    assert len(recorded) > 20
+    for relative, digest in recorded.items():
+        assert hashlib.sha256((GOLDEN_V3 / relative).read_bytes()).hexdigest() == digest, relative
+
+
+@pytest.mark.parametrize("name", FINGERPRINTS)
+def test_format_2_fingerprints_still_verify(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    code, out, _ = run_cli(
+        capsys,
+        "verify",
+        GOLDEN_V3 / "fingerprints" / name,
+        "--trust",
+        GOLDEN_V3 / "keys" / "ca-cert.pem",
+    )
+    assert code == 0, out
+    assert "VALID" in out
+
+
+def test_format_3_findings_still_verify_and_keep_their_verdict(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    record = json.loads((GOLDEN_V3 / "findings" / "findings.json").read_text())
+    assert record["format_version"] == 3
+    code, out, _ = run_cli(
+        capsys,
+        "verify",
+        GOLDEN_V3 / "findings",
+        "--key",
+        GOLDEN_V3 / "keys" / "signing-key.pub.pem",
+    )
+    assert code == 0, out
+    assert "findings consistency" in out and "version 3" in out
+
+
+def test_release_1cfaafb_report_verifies_with_the_neuron_test_recomputed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run_cli(
+        capsys,
+        "verify",
+        GOLDEN_V3 / "report.pdf",
+        "--trust",
+        GOLDEN_V3 / "keys" / "ca-cert.pem",
+        "--evidence",
+        *[GOLDEN_V3 / "fingerprints" / name for name in FINGERPRINTS],
+    )
+    assert code == 0, out
+    assert "recomputation" in out and "VALID" in out
+
+
+def test_format_2_fingerprints_check_with_the_neuron_test(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _out, err = run_cli(
+        capsys,
+        "check",
+        "--victim",
+        GOLDEN_V3 / "fingerprints" / "victim",
+        "--suspect",
+        GOLDEN_V3 / "fingerprints" / "suspect",
+        *[
+            arg
+            for ref in FINGERPRINTS[2:]
+            for arg in ("--reference", GOLDEN_V3 / "fingerprints" / ref)
+        ],
+        "--json",
+        tmp_path / "findings.json",
+        "--no-progress",
+    )
+    assert code == 0, err
+    record = json.loads((tmp_path / "findings.json").read_text())
+    assert record["verdict"] == "derived"
+    assert record["units_test"]["ran"] is True
+    assert record["units_test"]["log10_p_value"] < -50
