@@ -19,6 +19,14 @@ counted at alpha = 0.01 and 0.05. As a check of power the first model's derivati
 too: trained further on other text, 40% magnitude pruning plus 5% weight noise, and an MLP unit
 permutation.
 
+The verdicts with a reference panel, under the decision rules of findings versions 3 and 4
+(version 4 lets the neuron-matching test settle `unrelated` where a CKA test is unusual but
+short of alpha), are counted too: each of the first four same-architecture models as the victim,
+every other same-architecture model as the suspect (independent: `unrelated` is right,
+`inconclusive` a miss, `derived` a false positive), and the first model's derivatives (`derived`
+is right), each against two panels: *representative* (three other same-architecture models) and
+*unrepresentative* (the six models of other architectures, as a panel of dissimilar models is).
+
 Pairs that share a model are not independent of each other, so the counts are a check of the
 null, not a precise rate; `--same` raises the number of models. The test suite runs this with
 defaults (tests/test_unit_matching.py); bench/README.md has the figures of a larger run.
@@ -131,6 +139,57 @@ def units_p(victim: Fingerprint, suspect: Fingerprint) -> dict[str, Any]:
     }
 
 
+def verdicts(victim: Fingerprint, suspect: Fingerprint, panel: list[Fingerprint]) -> dict[str, str]:
+    """The verdict of `check` with ``panel`` as references, by the rules of versions 3 and 4."""
+    return {
+        f"v{version}": check(victim, suspect, panel, resamples=10, findings_version=version).verdict
+        for version in (3, 4)
+    }
+
+
+def panel_verdicts(
+    same: list[Fingerprint], others: list[Fingerprint], derived: dict[str, Fingerprint]
+) -> list[dict[str, Any]]:
+    """Verdicts with a reference panel: independent same-architecture pairs and derivatives."""
+    rows = []
+    for v, victim in enumerate(same[:4]):
+        suspects = [(f"independent {s + 1}", False, f) for s, f in enumerate(same) if s != v]
+        if v == 0:
+            suspects += [(label, True, f) for label, f in derived.items()]
+        for label, is_derived, suspect in suspects:
+            free = [f for f in same if f is not victim and f is not suspect]
+            for panel_name, panel in (("representative", free[:3]), ("unrepresentative", others)):
+                rows.append(
+                    {
+                        "victim": f"model {v + 1}",
+                        "suspect": label,
+                        "derived": is_derived,
+                        "panel": panel_name,
+                        **verdicts(victim, suspect, panel),
+                    }
+                )
+    return rows
+
+
+def summarize_verdicts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for truth in (False, True):
+        for panel in ("representative", "unrepresentative"):
+            chosen = [r for r in rows if r["derived"] is truth and r["panel"] == panel]
+            label = f"{'derived' if truth else 'independent'}, {panel} panel"
+            summary[label] = {
+                "checks": len(chosen),
+                **{
+                    f"v{version}": {
+                        verdict: sum(r[f"v{version}"] == verdict for r in chosen)
+                        for verdict in ("derived", "unrelated", "inconclusive")
+                    }
+                    for version in (3, 4)
+                },
+            }
+    return summary
+
+
 def derivatives(model: Any, tokenizer: Any, texts: list[str], steps: int) -> dict[str, Any]:
     """The first model's derivatives (the test's power on the same tiny models)."""
     made = {}
@@ -187,14 +246,26 @@ def simulate(same: int, steps: int, text_count: int, out: Path) -> dict[str, Any
         )
     assert first_model is not None
     victim = next(iter(models.values()))[1]
-    power = []
+    power: list[dict[str, Any]] = []
+    derived_prints = {}
     for label, derived in derivatives(first_model, tokenizer, texts, steps).items():
         log(f"derivative: {label}")
-        measured = units_p(
-            victim, fingerprint(derived, tokenizer, f"derived-{len(power)}", probes, out)
+        derived_prints[label] = fingerprint(
+            derived, tokenizer, f"derived-{len(power)}", probes, out
         )
+        measured = units_p(victim, derived_prints[label])
         power.append({"derivative": label, **measured})
-    return {"pairs": rows, "derived": power, "summary": summarize(rows)}
+    log("verdicts with reference panels (rules of findings versions 3 and 4)")
+    same_prints = [fp for arch, fp in models.values() if arch == "llama-32x2"]
+    other_prints = [fp for arch, fp in models.values() if arch != "llama-32x2"]
+    panels = panel_verdicts(same_prints, other_prints, derived_prints)
+    return {
+        "pairs": rows,
+        "derived": power,
+        "summary": summarize(rows),
+        "panel_verdicts": panels,
+        "panel_summary": summarize_verdicts(panels),
+    }
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -246,6 +317,12 @@ def main() -> None:
             f"derived: {row['derivative']:32s} log10 p {row['log10_p']:9.1f}  "
             f"agreement {row['agreement']:.3f}  Spearman's log10 p {row['spearman_log10_p']:9.1f}"
         )
+    for label, entry in result["panel_summary"].items():
+        counts = "  ".join(
+            f"{version}: " + ", ".join(f"{n} {verdict}" for verdict, n in entry[version].items())
+            for version in ("v3", "v4")
+        )
+        print(f"{label:38s} checks {entry['checks']:3d}  {counts}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -62,9 +62,12 @@ if TYPE_CHECKING:
     from .keys import Signer
 
 FINDINGS_FORMAT = "reef-findings"
-FINDINGS_VERSION = 3
-#: Findings versions `verify` reads: version 2 (two CKA tests) re-derives with its own rule.
-READABLE_FINDINGS = (2, 3)
+FINDINGS_VERSION = 4
+#: Findings versions `verify` reads, each re-derived with its own rule: version 2 (two CKA
+#: tests), version 3 (three tests; `unrelated` only when every corrected p >= unrelated_alpha),
+#: version 4 (as 3, and `unrelated` also when the neuron-matching test, able to find the
+#: suspect's units, finds nothing while no CKA test reaches alpha).
+READABLE_FINDINGS = (2, 3, 4)
 VERDICTS = ("derived", "unrelated", "inconclusive")
 
 
@@ -98,7 +101,9 @@ class DecisionRule:
         return cls(**{k: v for k, v in recorded.items() if k != "text"})
 
     def as_json(self, version: int = FINDINGS_VERSION) -> dict[str, Any]:
-        if version >= 3:
+        if version >= 4:
+            return {**self.as_json(2), "text": self._text_v4()}
+        if version == 3:
             return {**self.as_json(2), "text": self._text_v3()}
         return {
             "alpha": self.alpha,
@@ -126,6 +131,16 @@ class DecisionRule:
             f"{self.min_references} references and every test's corrected p >= "
             f"{self.unrelated_alpha} (a neuron-matching test that could not run is stated); "
             "otherwise inconclusive"
+        )
+
+    def _text_v4(self) -> str:
+        return (
+            f"{self._text_v3().removesuffix('; otherwise inconclusive')}; also unrelated: at "
+            f"least {self.min_references} references, the neuron-matching test's corrected p >= "
+            f"{self.unrelated_alpha} although had the suspect's units been the victim's it could "
+            f"have reached a corrected p < {self.alpha}, and every CKA test's corrected p >= "
+            f"{self.alpha} (a CKA test calibrated on the references does not hold back a verdict "
+            "the reference-free test settles); otherwise inconclusive"
         )
 
 
@@ -161,13 +176,15 @@ def decide(
     rule: DecisionRule,
     layer_names: Sequence[str] = (),
     units: UnitsOutcome | None = None,
+    version: int = FINDINGS_VERSION,
 ) -> tuple[str, list[str]]:
-    """The verdict and the sentences that explain it (``layer_names``: the blocks tested).
+    """The verdict and the sentences that explain it (``layer_names``: the blocks tested), by
+    the rule of findings format ``version``.
 
-    ``units`` is the neuron-matching test (findings version 3); None decides as version 2 did,
-    from the two CKA tests alone."""
+    ``units`` is the neuron-matching test (findings versions 3 and 4); None decides as version 2
+    did, from the two CKA tests alone."""
     if units is not None:
-        return _decide_three(calibration, rule, layer_names, units)
+        return _decide_three(calibration, rule, layer_names, units, panel_free=version >= 4)
     return _decide_cka(calibration, rule, layer_names)
 
 
@@ -219,8 +236,12 @@ def _decide_three(
     rule: DecisionRule,
     layer_names: Sequence[str],
     units: UnitsOutcome,
+    *,
+    panel_free: bool,
 ) -> tuple[str, list[str]]:
-    """Version 3: the two CKA tests and the neuron-matching test, Bonferroni over the tests."""
+    """Versions 3 and 4: the two CKA tests and the neuron-matching test, Bonferroni over the
+    tests. ``panel_free`` (version 4): the neuron-matching test's finding of nothing settles
+    `unrelated` where a CKA test is unusual but short of ``alpha`` (see `_units_settle`)."""
     mean = calibration.mean.calibration
     count = tests_counted(calibration, units)
     enough = len(mean.references) >= rule.min_references and not math.isnan(mean.score)
@@ -289,6 +310,8 @@ def _decide_three(
             f"{format_log10_p(overall)} (the smallest of the tests' p-values, corrected for {count} "
             f"tests): no test found evidence of derivation{unrun}.",
         ]
+    if panel_free and (settled := _units_settle(calibration, rule, units, count)):
+        return "unrelated", [*described, units_line, *settled]
     return "inconclusive", [
         *described,
         units_line,
@@ -296,6 +319,45 @@ def _decide_three(
         f"{format_log10_p(overall)}, corrected for {count} tests) but do not meet the bar for a "
         f"finding of derivation (below {rule.alpha}, and for a CKA test a margin of {rule.margin} "
         "over every reference). More references or probe texts may settle it.",
+    ]
+
+
+def _units_settle(
+    calibration: CombinedCalibration, rule: DecisionRule, units: UnitsOutcome, count: int
+) -> list[str]:
+    """Why the neuron-matching test settles `unrelated` (version 4), or nothing when it does not.
+
+    It settles only when (1) it ran and found nothing (corrected p >= ``unrelated_alpha``),
+    (2) it had the power to find something: had every matched unit been paired alike, as a
+    derivative's are, its corrected p would have been below ``alpha``, and (3) no CKA test
+    reaches ``alpha`` (such a test still makes the case inconclusive, or derived with its
+    margin). What remains is a CKA test between ``alpha`` and ``unrelated_alpha``: unusual
+    against the reference panel, which is only as representative as the models in it, where the
+    test that needs no panel finds the suspect's units independent of the victim's."""
+    if not units.ran:
+        return []
+    corrected = min(0.0, math.log10(count) + units.log10_p)
+    best = min(0.0, math.log10(count) + units.best_log10_p)
+    cka = [(t, min(1.0, count * t.p_value)) for t in calibration.tests if t.p_value is not None]
+    if (
+        corrected < math.log10(rule.unrelated_alpha)
+        or best >= math.log10(rule.alpha)
+        or not cka
+        or any(p < rule.alpha for _, p in cka)
+    ):
+        return []
+    test, p = min(cka, key=lambda pair: pair[1])
+    return [
+        f"The CKA {test.name} test finds the suspect somewhat unusual against the reference "
+        f"models (probability {format_p(p)}, corrected for {count} tests), short of the "
+        f"{rule.alpha} a finding needs; the CKA tests are only as sure as the reference panel "
+        "is representative.",
+        f"The neuron-matching test needs no reference models and finds nothing: the suspect's "
+        f"units pair with the victim's no more often than chance (probability "
+        f"{format_log10_p(corrected)}, corrected for {count} tests), where units taken from the "
+        f"victim would have given {format_log10_p(best)}. No test meets the bar for a finding of "
+        "derivation, and the one that needs no panel finds the suspect's units independent of the "
+        "victim's: the evidence indicates an independent model.",
     ]
 
 
@@ -709,7 +771,7 @@ def check(
         [(r["score"], r["block_scores"]) for r in reference_rows],
     )
     outcome = UnitsOutcome.from_record(units_record) if units_record is not None else None
-    verdict, reasons = decide(calibration, chosen_rule, blocks, outcome)
+    verdict, reasons = decide(calibration, chosen_rule, blocks, outcome, findings_version)
     identical = victim.model_digest == suspect.model_digest
     if identical:
         reasons.insert(

@@ -173,7 +173,7 @@ def _verdict_problem(record: dict[str, Any]) -> str | None:
                 return f"{FINDINGS_FILE}: {problem}"
     except (KeyError, TypeError, ValueError) as exc:
         return f"{FINDINGS_FILE} lacks the numbers its verdict rests on ({first_line(exc)})"
-    verdict, _ = decide(calibration, rule, blocks, units)
+    verdict, _ = decide(calibration, rule, blocks, units, record["format_version"])
     if verdict != record["verdict"]:
         return f"{FINDINGS_FILE} says {record['verdict']!r}, but its own numbers and rule give {verdict!r}"
     for field, value in calibration_record(calibration, blocks, units).items():

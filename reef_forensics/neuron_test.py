@@ -137,6 +137,9 @@ class UnitsOutcome:
     blocks_compared: int = 0
     lined_up: int = 0  # blocks whose own p-value is below 0.01 / blocks compared
     agreement: float = math.nan  # mean over blocks of the fraction of units matched alike
+    #: the combined log10 p had every matched unit been paired alike (a derivative's units are):
+    #: the strongest finding the test could have made with these blocks, its power
+    best_log10_p: float = 0.0
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> UnitsOutcome:
@@ -146,12 +149,14 @@ class UnitsOutcome:
                 raise TypeError("a skipped units test needs its reason")
             return cls(ran=False, skipped=record["skipped"])
         logs = []
+        bests = []
         agreements = []
         for block in record["blocks"]:
             counts = [block[k] for k in ("agreed", "matched", "candidates")]
             if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
                 raise TypeError("a block's agreed, matched and candidate units must be counts")
             logs.append(coincidence_log10_p(*counts))
+            bests.append(coincidence_log10_p(counts[1], counts[1], counts[2]))
             if counts[1]:
                 agreements.append(counts[0] / counts[1])
         if not logs:
@@ -163,6 +168,7 @@ class UnitsOutcome:
             blocks_compared=len(logs),
             lined_up=sum(value < threshold for value in logs),
             agreement=sum(agreements) / len(agreements) if agreements else math.nan,
+            best_log10_p=bonferroni_log10(bests),
         )
 
     def sentence(self) -> str:

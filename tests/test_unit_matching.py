@@ -166,6 +166,16 @@ def test_independently_trained_models_are_not_found_derived(tmp_path: Path) -> N
         assert entry["rate_at_0.05"] <= 0.05
     for row in result["derived"]:
         assert row["log10_p"] < -6, row
+    # with reference panels, by the rules of findings versions 3 and 4: no independent model is
+    # called derived, every derivative is, and version 4 only ever turns inconclusive to unrelated
+    for label, entry in result["panel_summary"].items():
+        assert entry["checks"] >= 3, label
+        for version in ("v3", "v4"):
+            expected = entry["checks"] if label.startswith("derived") else 0
+            assert entry[version]["derived"] == expected, (label, entry)
+        assert entry["v4"]["unrelated"] >= entry["v3"]["unrelated"], (label, entry)
+    for row in result["panel_verdicts"]:
+        assert row["v4"] == row["v3"] or (row["v3"], row["v4"]) == ("inconclusive", "unrelated")
 
 
 # --- in fingerprints --------------------------------------------------------------------------
@@ -320,6 +330,69 @@ def test_unrelated_is_refused_when_the_neuron_test_finds_what_cka_misses() -> No
     assert decide(calibration, rule, ["block_1", "block_2"], nothing)[0] == "unrelated"
     weak = UnitsOutcome(ran=True, log10_p=-1.8, blocks_compared=30, lined_up=1, agreement=0.0)
     assert decide(calibration, rule, ["block_1", "block_2"], weak)[0] == "inconclusive"
+
+
+PANEL = [0.70, 0.85, 0.78, 0.82, 0.75, 0.80]
+BLOCKS = ["block_1", "block_2"]
+#: units that found nothing, with the power to find a derivative's units (30 blocks of 512)
+CLEAR = UnitsOutcome(
+    ran=True, log10_p=0.0, blocks_compared=30, lined_up=0, agreement=0.001, best_log10_p=-1100.0
+)
+
+
+def _corrected(calibration, name: str) -> float:  # type: ignore[no-untyped-def]
+    return min(1.0, 3 * next(t.p_value for t in calibration.tests if t.name == name))
+
+
+def test_version_4_lets_the_neuron_test_settle_a_cka_test_short_of_alpha() -> None:
+    """A CKA test unusual against the panel but short of alpha (the Qwen2.5-Coder row of
+    bench/README.md): version 3 is inconclusive, version 4 unrelated, and says why."""
+    calibration = _calibration(0.92, PANEL)
+    assert 0.01 <= _corrected(calibration, "mean") < 0.05  # the case this test is about
+    rule = DecisionRule()
+    assert decide(calibration, rule, BLOCKS, CLEAR, 3)[0] == "inconclusive"
+    verdict, reasons = decide(calibration, rule, BLOCKS, CLEAR, 4)
+    assert verdict == "unrelated"
+    text = " ".join(reasons)
+    assert "CKA mean test finds the suspect somewhat unusual" in text
+    assert "needs no reference models and finds nothing" in text
+    assert "< 1e-300" in text  # what the units would have given, had they been the victim's
+
+
+def test_version_4_keeps_inconclusive_where_the_neuron_test_could_not_settle_it() -> None:
+    band = _calibration(0.92, PANEL)
+    rule = DecisionRule()
+    # no power: even perfect agreement could not have reached alpha
+    weak_power = UnitsOutcome(
+        ran=True, log10_p=0.0, blocks_compared=2, lined_up=0, agreement=0.0, best_log10_p=-1.5
+    )
+    assert decide(band, rule, BLOCKS, weak_power, 4)[0] == "inconclusive"
+    # the units themselves lean toward derivation
+    leaning = UnitsOutcome(
+        ran=True, log10_p=-2.0, blocks_compared=30, lined_up=1, agreement=0.01, best_log10_p=-1100.0
+    )
+    assert decide(band, rule, BLOCKS, leaning, 4)[0] == "inconclusive"
+    # the test could not run: version 4 decides as version 3
+    skipped = UnitsOutcome(ran=False, skipped="the suspect's fingerprint holds no MLP units")
+    assert decide(band, rule, BLOCKS, skipped, 4)[0] == "inconclusive"
+    # a CKA test below alpha (without the margin a finding needs) is not overruled
+    strong = _calibration(0.97, PANEL)  # 0.12 above every reference
+    assert _corrected(strong, "mean") < 0.01
+    assert decide(strong, DecisionRule(margin=0.2), BLOCKS, CLEAR, 4)[0] == "inconclusive"
+
+
+def test_the_power_of_the_neuron_test_is_derived_from_its_counts() -> None:
+    record = {
+        "ran": True,
+        "blocks": [
+            {"agreed": 0, "matched": 512, "candidates": 1536},
+            {"agreed": 1, "matched": 2, "candidates": 3},
+        ],
+    }
+    outcome = UnitsOutcome.from_record(record)
+    best = [coincidence_log10_p(512, 512, 1536), coincidence_log10_p(2, 2, 3)]
+    assert outcome.best_log10_p == pytest.approx(bonferroni_log10(best))
+    assert outcome.best_log10_p < -1000
 
 
 def test_a_test_that_could_not_run_is_said() -> None:
