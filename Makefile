@@ -38,9 +38,11 @@ typecheck: $(STAMP)
 
 # -n 3 --dist loadfile: three processes, each test file in one of them (a file's tests share its
 # servers and run in their order); `$(BIN)/python -m pytest -q tests/test_x.py` runs one file
+# PYTEST_ARGS=--long also runs the long fault, load and kill runs (CI does)
 PYTEST_WORKERS ?= 3
+PYTEST_ARGS ?=
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

@@ -101,6 +101,26 @@ def signed_case(
     return SignedCase(keys, signer, signed, findings_dir, report)
 
 
+# --- the long runs: `pytest --long` (CI passes it once per build: `make test PYTEST_ARGS=--long`) ---
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="also run the tests marked long (faults, load, kills: about 10 minutes)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="a long run: pass --long (CI does, once per build)")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
 # --- the secret-leak scan (tests/leaks.py): every captured output and log file of the session ---
 
 _outputs: list[tuple[str, str]] = []

@@ -1,6 +1,6 @@
 """Faults and load against a real `mlflow server` on 127.0.0.1 (SQLite) with the store plugin:
 workers killed with SIGKILL at random points of a registration stream, the server restarted
-mid-stream, and a burst of 100 registrations. The long runs need REEF_LONG_TESTS=1 (tests/long.py);
+mid-stream, and a burst of 100 registrations. The long runs are marked `long` and run with `pytest --long`;
 the unit checks of the worker's outage rule always run."""
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from reef_forensics.config import Config, load_config
 from reef_forensics.jobqueue import JobQueue
 from reef_forensics.worker import REGISTRY_DOWN, Worker, registry_unreachable
 
-from .long import long_run
 from .test_mlflow import (  # noqa: F401  (deployment and offline are fixtures used below)
     PASS,
     REEF,
@@ -171,7 +170,7 @@ def stream_deployment(deployment: dict[str, Any], zoo: dict[str, Path]) -> dict[
 # --- faults ---------------------------------------------------------------------------------------
 
 
-@long_run
+@pytest.mark.long
 def test_twenty_sigkills_during_a_registration_stream_lose_and_duplicate_nothing(
     stream_deployment: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -245,7 +244,7 @@ def test_twenty_sigkills_during_a_registration_stream_lose_and_duplicate_nothing
     (tmp_path / "figures.json").write_text(json.dumps(figures))
 
 
-@long_run
+@pytest.mark.long
 def test_the_queue_resumes_after_the_mlflow_server_restarts(
     tmp_path: Path,
     offline: None,  # noqa: F811
@@ -313,7 +312,7 @@ def test_the_queue_resumes_after_the_mlflow_server_restarts(
 # --- load -----------------------------------------------------------------------------------------
 
 
-@long_run
+@pytest.mark.long
 def test_a_hundred_registrations_in_a_burst_are_all_fingerprinted(
     stream_deployment: dict[str, Any],
 ) -> None:
