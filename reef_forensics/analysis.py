@@ -557,14 +557,18 @@ def calibrate(
     score: float | None,
     block_scores: Sequence[float | None],
     references: Sequence[tuple[float | None, Sequence[float | None]]],
+    version: int = FINDINGS_VERSION,
 ) -> CombinedCalibration:
     """The combined calibration from the numbers a findings record holds (None: undefined), so
-    that `check` and `verify` compute it from the same inputs the same way."""
+    that `check` and `verify` compute it from the same inputs the same way; findings of
+    ``version`` 2 and 3 with the Student t tail they were made with
+    (`statistics.legacy_student_t_sf`)."""
     return combined_calibration(
         _number(score),
         [_number(r) for r, _ in references],
         [_number(v) for v in block_scores],
         [[_number(v) for v in row] for _, row in references],
+        legacy_tail=version < 4,
     )
 
 
@@ -769,6 +773,7 @@ def check(
         score,
         _block_scores(matrix, victim.layers, path),
         [(r["score"], r["block_scores"]) for r in reference_rows],
+        findings_version,
     )
     outcome = UnitsOutcome.from_record(units_record) if units_record is not None else None
     verdict, reasons = decide(calibration, chosen_rule, blocks, outcome, findings_version)

@@ -164,6 +164,7 @@ def _verdict_problem(record: dict[str, Any]) -> str | None:
             record["score"],
             [a["score"] for a in aligned],
             [(r["score"], r["block_scores"]) for r in record["references"]],
+            record["format_version"],
         )
         units = None
         if record["format_version"] >= 3:

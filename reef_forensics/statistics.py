@@ -10,7 +10,9 @@
   models against the same victim: an empirical p-value (rank among the panel) and a parametric
   one: Fisher-z transformed reference scores, and the Student t predictive distribution of a
   new independent model's score (the null's mean and spread are estimated from k references,
-  so the tail is t with k - 1 degrees of freedom, scaled by sd * sqrt(1 + 1/k)).
+  so the tail is t with k - 1 degrees of freedom, scaled by sd * sqrt(1 + 1/k)). The tail is
+  scipy's (`scipy.stats.t.sf`, accurate far into the tail); findings of formats 2 and 3 were
+  computed with `legacy_student_t_sf`, which `verify` uses again for them (``legacy_tail``).
 - `combined_calibration`: two tests of the same question, Bonferroni-combined. The *mean* test
   calibrates the mean similarity over the victim's blocks; the *layer* test calibrates each
   victim block on its own and takes the most extreme one, its p-value multiplied by the number
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy import stats
 
 from .cka import Estimator, cka_curve
 
@@ -81,7 +84,9 @@ class NullCalibration:
         return len(self.references)
 
 
-def null_calibration(score: float, references: Sequence[float]) -> NullCalibration:
+def null_calibration(
+    score: float, references: Sequence[float], *, legacy_tail: bool = False
+) -> NullCalibration:
     refs = tuple(float(r) for r in references if not math.isnan(r))
     if math.isnan(score):
         return NullCalibration(
@@ -107,9 +112,8 @@ def null_calibration(score: float, references: Sequence[float]) -> NullCalibrati
     mean, sd = float(z.mean()), float(z.std(ddof=1))
     sd = max(sd, 0.05)  # a floor: a few near-identical references must not make the null a spike
     t = (float(fisher_z(score)) - mean) / (sd * math.sqrt(1.0 + 1.0 / k))
-    return NullCalibration(
-        score, refs, empirical, student_t_sf(t, k - 1), float(np.tanh(mean)), sd, None
-    )
+    tail = legacy_student_t_sf(t, k - 1) if legacy_tail else student_t_sf(t, k - 1)
+    return NullCalibration(score, refs, empirical, tail, float(np.tanh(mean)), sd, None)
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,8 @@ def combined_calibration(
     references: Sequence[float],
     layer_scores: Sequence[float],
     reference_layer_scores: Sequence[Sequence[float]],
+    *,
+    legacy_tail: bool = False,
 ) -> CombinedCalibration:
     """``layer_scores[i]`` is the suspect's score at the victim's i-th tested block and
     ``reference_layer_scores[r][i]`` reference r's score there (``references[r]`` is its mean)."""
@@ -163,10 +169,10 @@ def combined_calibration(
         raise ValueError("every reference needs a score at each tested layer")
     if len(reference_layer_scores) != len(references):
         raise ValueError("one row of layer scores per reference")
-    mean = null_calibration(score, references)
+    mean = null_calibration(score, references, legacy_tail=legacy_tail)
     mean_test = Statistic("mean", mean, mean.parametric_p)
     per_layer = [
-        null_calibration(value, [row[i] for row in reference_layer_scores])
+        null_calibration(value, [row[i] for row in reference_layer_scores], legacy_tail=legacy_tail)
         for i, value in enumerate(layer_scores)
     ]
     with_p = [i for i, c in enumerate(per_layer) if c.parametric_p is not None]
@@ -180,10 +186,22 @@ def combined_calibration(
 
 
 def student_t_sf(t: float, df: int) -> float:
-    """P(T > t) for Student's t with a positive integer number of degrees of freedom.
+    """P(T > t) for Student's t with a positive integer number of degrees of freedom (scipy:
+    accurate to the end of a double's range, where 1 - P(|T| <= t) is not)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
+    if math.isnan(t):
+        return float("nan")
+    return float(stats.t.sf(t, df))
+
+
+def legacy_student_t_sf(t: float, df: int) -> float:
+    """The tail of findings formats 2 and 3, kept so that their recorded p-values re-derive.
 
     Closed forms for integer df (Abramowitz and Stegun 26.7.3 and 26.7.4): with
-    theta = atan(t / sqrt(df)), P(|T| <= t) is a finite series in sin and cos of theta.
+    theta = atan(t / sqrt(df)), P(|T| <= t) is a finite series in sin and cos of theta. The
+    upper tail is 1 minus that series, so its relative error grows as the tail shrinks: about
+    1e-9 near p = 1e-7, and 100% below about 1e-15 (df 39, t = 15 gives 0.0).
     """
     if df < 1:
         raise ValueError(f"degrees of freedom must be at least 1, got {df}")

@@ -302,6 +302,27 @@ def test_student_t_tail_matches_tabulated_critical_values() -> None:
     assert student_t_sf(-2.920, 2) == pytest.approx(0.95, rel=1e-3)
 
 
+def test_the_t_tail_stays_accurate_far_out_and_old_findings_keep_theirs() -> None:
+    """Findings format 4 takes the tail from scipy; the series of formats 2 and 3 loses its
+    digits as the tail shrinks (1 minus a sum near 1) and is kept only to re-derive them."""
+    from scipy import stats
+
+    from reef_forensics.statistics import legacy_student_t_sf, student_t_sf
+
+    assert legacy_student_t_sf(15.0, 39) == 0.0  # the old series underflows to a false zero
+    assert student_t_sf(15.0, 39) == pytest.approx(float(stats.t.sf(15.0, 39)), rel=1e-12)
+    assert 0.0 < student_t_sf(15.0, 39) < 1e-16
+    for t, df in [(1.5, 4), (3.0, 6), (-0.7, 9)]:  # where both are accurate they agree
+        assert legacy_student_t_sf(t, df) == pytest.approx(student_t_sf(t, df), rel=1e-9)
+    refs = [(0.20, [0.20]), (0.22, [0.22]), (0.25, [0.25]), (0.21, [0.21])]
+    new, old = calibrate(0.99, [0.99], refs, 4), calibrate(0.99, [0.99], refs, 3)
+    score_t = (float(fisher_z(0.99)) - float(fisher_z([r for r, _ in refs]).mean())) / (
+        0.05 * math.sqrt(1 + 1 / 4)
+    )
+    assert new.mean.calibration.parametric_p == pytest.approx(student_t_sf(score_t, 3), rel=1e-9)
+    assert old.mean.calibration.parametric_p == legacy_student_t_sf(score_t, 3)
+
+
 @pytest.mark.parametrize("panel_size", [3, 5])
 def test_false_derived_rate_under_the_null_stays_below_alpha(panel_size: int) -> None:
     """Suspect and references all drawn from one null distribution: 'derived' must be rare."""
