@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ssl
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -218,7 +219,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .errors import BadInputError
     from .observability import configure_logging
     from .plugins.webhook import make_server
-    from .worker_ops import WorkerStopping, stop_signals
+    from .worker_ops import stop_signals
 
     _port(args.port, "--port")
     config = load_config(args.config)
@@ -256,12 +257,14 @@ def run_serve(args: argparse.Namespace) -> int:
     )
 
     def stop() -> None:  # SIGTERM or SIGINT, even where the parent left SIGINT ignored
-        raise WorkerStopping("serve is stopping")
+        # No exception raised into the accept loop (an except clause on the way could take it):
+        # the loop is asked to end, from a thread, since shutdown() waits for the loop to end.
+        threading.Thread(target=server.shutdown, name="serve-stop", daemon=True).start()
 
     try:
         with stop_signals(stop):
             server.serve_forever()
-    except (KeyboardInterrupt, WorkerStopping):
+    except KeyboardInterrupt:
         pass
     finally:
         server.server_close()

@@ -4,6 +4,7 @@ webhook receiver takes MLflow's own signed deliveries."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -465,6 +466,55 @@ def test_serve_answers_healthz_and_metrics_to_the_token_holder_only(tmp_path: Pa
         ("/metrics", 200),
     ]
     assert "t0ken" not in log.read_text() and "s3cret" not in log.read_text()
+
+
+def _serve_stopped_under_load(config: Path, wanted: int) -> tuple[int | None, set[int]]:
+    """Start `serve`, let three clients ask /healthz in a loop, send SIGTERM once ``wanted``
+    answers came: the exit code (None: still running 20 s later) and the statuses seen."""
+    import requests
+
+    port = free_port()
+    server = subprocess.Popen(
+        [REEF, "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "REEF_WEBHOOK_SECRET": "s3cret"},
+    )
+    answered: list[int] = []
+    done = threading.Event()
+
+    def hammer() -> None:
+        while not done.is_set():
+            with contextlib.suppress(requests.exceptions.RequestException):
+                url = f"http://127.0.0.1:{port}/healthz"
+                answered.append(requests.get(url, timeout=2).status_code)
+
+    try:
+        assert server.stdout is not None and "receiving" in server.stdout.readline()
+        for _ in range(3):
+            threading.Thread(target=hammer, daemon=True).start()
+        wait_for(lambda: len(answered) >= wanted, 60, "requests answered")
+        server.send_signal(signal.SIGTERM)
+        try:
+            return server.wait(timeout=20), set(answered)
+        except subprocess.TimeoutExpired:
+            return None, set(answered)
+    finally:
+        done.set()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_serve_stops_on_sigterm_while_requests_keep_arriving(tmp_path: Path) -> None:
+    """A stop signal that lands while the accept loop is handing a connection to its thread
+    still stops `serve` (CI once saw one lost: the process ran on until a second SIGTERM)."""
+    (tmp_path / "reef.toml").write_text(f'queue = "{tmp_path / "q.sqlite"}"\n')
+    for attempt in range(4):
+        code, statuses = _serve_stopped_under_load(tmp_path / "reef.toml", 20 + 10 * attempt)
+        assert code == 0, attempt
+        assert statuses == {200}
 
 
 def test_config_check_contacts_the_tracking_server(
