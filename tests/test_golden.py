@@ -2,7 +2,8 @@
 
 `tests/golden/cab7916/` holds evidence made by release cab7916: fingerprints of format 1,
 findings of format 2 and a signed report, byte for byte as that release wrote them (its README
-says how). Every later version must verify them, recompute their numbers, and check the old
+says how); `tests/golden/1cfaafb/` the same for fingerprints of format 2 (MLP units) and
+findings of format 3. Every later version must verify them, recompute their numbers, and check the old
 fingerprints (with the tests they cannot support skipped and said).
 """
 
@@ -18,6 +19,9 @@ import pytest
 from reef_forensics.cli import main
 
 GOLDEN = Path(__file__).parent / "golden" / "cab7916"
+# release 1cfaafb: fingerprint format 2 (MLP units), findings format 3 (three tests), report v3
+GOLDEN_V3 = Path(__file__).parent / "golden" / "1cfaafb"
+RELEASES = [GOLDEN, GOLDEN_V3]
 FINGERPRINTS = ["victim", "suspect", "reference-11", "reference-12", "reference-13"]
 
 
@@ -27,18 +31,28 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str
     return code, captured.out, captured.err
 
 
-def test_golden_fixtures_are_the_released_bytes() -> None:
+@pytest.mark.parametrize("release", RELEASES, ids=lambda path: path.name)
+def test_golden_fixtures_are_the_released_bytes(release: Path) -> None:
     """SHA256SUMS.json pins every file: a fixture edited by accident fails here first, not as a
     puzzling verification failure."""
-    recorded = json.loads((GOLDEN / "SHA256SUMS.json").read_text())
+    recorded = json.loads((release / "SHA256SUMS.json").read_text())
+    assert len(recorded) > 20
     for relative, digest in recorded.items():
-        assert hashlib.sha256((GOLDEN / relative).read_bytes()).hexdigest() == digest, relative
+        assert hashlib.sha256((release / relative).read_bytes()).hexdigest() == digest, relative
 
 
+@pytest.mark.parametrize("release", RELEASES, ids=lambda path: path.name)
 @pytest.mark.parametrize("name", FINGERPRINTS)
-def test_format_1_fingerprints_still_verify(capsys: pytest.CaptureFixture[str], name: str) -> None:
+def test_released_fingerprints_still_verify(
+    capsys: pytest.CaptureFixture[str], release: Path, name: str
+) -> None:
+    """Format 1 (release cab7916) and format 2, with MLP units (release 1cfaafb)."""
     code, out, _ = run_cli(
-        capsys, "verify", GOLDEN / "fingerprints" / name, "--trust", GOLDEN / "keys" / "ca-cert.pem"
+        capsys,
+        "verify",
+        release / "fingerprints" / name,
+        "--trust",
+        release / "keys" / "ca-cert.pem",
     )
     assert code == 0, out
     assert "VALID" in out
@@ -51,17 +65,19 @@ def test_format_2_findings_still_verify(capsys: pytest.CaptureFixture[str]) -> N
     assert code == 0, out
 
 
+@pytest.mark.parametrize("release", RELEASES, ids=lambda path: path.name)
 def test_released_report_verifies_with_every_number_recomputed(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], release: Path
 ) -> None:
+    """Release 1cfaafb's report: the neuron-matching test recomputed too."""
     code, out, _ = run_cli(
         capsys,
         "verify",
-        GOLDEN / "report.pdf",
+        release / "report.pdf",
         "--trust",
-        GOLDEN / "keys" / "ca-cert.pem",
+        release / "keys" / "ca-cert.pem",
         "--evidence",
-        *[GOLDEN / "fingerprints" / name for name in FINGERPRINTS],
+        *[release / "fingerprints" / name for name in FINGERPRINTS],
     )
     assert code == 0, out
     assert "recomputation" in out and "VALID" in out
@@ -95,30 +111,6 @@ def test_format_1_fingerprints_still_check_with_the_unit_test_skipped_and_said(
     )
 
 
-# Release 1cfaafb: fingerprint format 2 (MLP units), findings format 3 (three tests), report v3.
-GOLDEN_V3 = Path(__file__).parent / "golden" / "1cfaafb"
-
-
-def test_release_1cfaafb_fixtures_are_the_released_bytes() -> None:
-    recorded = json.loads((GOLDEN_V3 / "SHA256SUMS.json").read_text())
-    assert len(recorded) > 20
-    for relative, digest in recorded.items():
-        assert hashlib.sha256((GOLDEN_V3 / relative).read_bytes()).hexdigest() == digest, relative
-
-
-@pytest.mark.parametrize("name", FINGERPRINTS)
-def test_format_2_fingerprints_still_verify(capsys: pytest.CaptureFixture[str], name: str) -> None:
-    code, out, _ = run_cli(
-        capsys,
-        "verify",
-        GOLDEN_V3 / "fingerprints" / name,
-        "--trust",
-        GOLDEN_V3 / "keys" / "ca-cert.pem",
-    )
-    assert code == 0, out
-    assert "VALID" in out
-
-
 def test_format_3_findings_still_verify_and_keep_their_verdict(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -133,22 +125,6 @@ def test_format_3_findings_still_verify_and_keep_their_verdict(
     )
     assert code == 0, out
     assert "findings consistency" in out and "version 3" in out
-
-
-def test_release_1cfaafb_report_verifies_with_the_neuron_test_recomputed(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    code, out, _ = run_cli(
-        capsys,
-        "verify",
-        GOLDEN_V3 / "report.pdf",
-        "--trust",
-        GOLDEN_V3 / "keys" / "ca-cert.pem",
-        "--evidence",
-        *[GOLDEN_V3 / "fingerprints" / name for name in FINGERPRINTS],
-    )
-    assert code == 0, out
-    assert "recomputation" in out and "VALID" in out
 
 
 def test_format_2_fingerprints_check_with_the_neuron_test(
