@@ -267,8 +267,12 @@ def test_the_queue_resumes_after_the_mlflow_server_restarts(
         "[worker]\nlease_seconds = 5\nbackoff_seconds = 0.5\nmax_attempts = 2\n"
     )
     env = {"REEF_QUEUE": str(queue)}
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while it is down
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    # Fail fast while it is down: a stopped server refuses connections at once, so no short
+    # timeout is needed for that. The generous read timeout is for this test's own
+    # registrations, which a loaded CI machine can hold up past 5 s (the first request to a
+    # freshly started server imports the store plugin); a retried create could register twice.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
     first = start_server(root / "server", plugin=True, env=env, port=port)
     url = next(first)
     register(url, zoo["victim"], "flagship")
