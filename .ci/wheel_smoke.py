@@ -33,7 +33,7 @@ def main() -> None:
     for name in ("report.html.j2", "report.css"):
         assert resources.files("reef_forensics.templates").joinpath(name).is_file(), name
     assert resources.files("reef_forensics.data").joinpath("default_probes.jsonl").is_file()
-    from reef_forensics.probes import load_probes
+    from reef_forensics.formats.probes import load_probes
 
     assert len(load_probes()) > 0
     drivers = _drivers()

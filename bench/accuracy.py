@@ -50,19 +50,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_extraction import prepare_model
 
 from reef_forensics import load_model, load_probes, model_digest, read_fingerprint, resolve_model
-from reef_forensics.analysis import check, format_p, p_text, units_p_text
-from reef_forensics.derivatives import (
+from reef_forensics.analysis.check import check
+from reef_forensics.analysis.verdict import format_p, p_text, units_p_text
+from reef_forensics.demo.toy_models import make_model, train_causal_lm
+from reef_forensics.formats.fingerprint import FORMAT_VERSION, Fingerprint
+from reef_forensics.formats.probes import ProbeSet
+from reef_forensics.models.derivatives import (
     add_noise,
     derivative_digest,
     other_text,
     permute_mlp,
     prune_magnitude,
 )
-from reef_forensics.fingerprint import FORMAT_VERSION, Fingerprint
-from reef_forensics.fingerprinting import fingerprint_loaded, fingerprint_model
-from reef_forensics.models import LoadedModel
-from reef_forensics.probes import ProbeSet
-from reef_forensics.toy_models import make_model, train_causal_lm
+from reef_forensics.models.fingerprinting import fingerprint_loaded, fingerprint_model
+from reef_forensics.models.loading import LoadedModel
 
 CACHE = Path(__file__).parent / "output" / "accuracy"
 #: Fingerprints are kept per fingerprint format: format 1 ones (no MLP units) are not reused.

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from reef_forensics.cka import (
+from reef_forensics.similarity.cka import (
     CkaMethod,
     center_gram,
     centered_grams,

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 
 from reef_forensics import ProbeSet, load_model, load_probes, model_digest, resolve_model
-from reef_forensics.fingerprinting import fingerprint_loaded
-from reef_forensics.models import dequantize_gguf
-from reef_forensics.toy_models import make_model
+from reef_forensics.demo.toy_models import make_model
+from reef_forensics.models.fingerprinting import fingerprint_loaded
+from reef_forensics.models.loading import dequantize_gguf
 
 OUTPUT = Path(__file__).parent / "output"
 

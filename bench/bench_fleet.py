@@ -120,8 +120,8 @@ def main() -> None:
 
 
 def run(config: Path, workers: int) -> tuple[float, dict[str, Any]]:
-    from reef_forensics.config import load_config
-    from reef_forensics.fleet import screen_fleet
+    from reef_forensics.mlops.config import load_config
+    from reef_forensics.mlops.fleet import screen_fleet
 
     started = time.perf_counter()
     result = screen_fleet(load_config(config), None, num_workers=workers)
@@ -133,8 +133,8 @@ def run(config: Path, workers: int) -> tuple[float, dict[str, Any]]:
 
 def deployment(root: Path, url: str, probes: int) -> Path:
     """Keys, a probe file and the configuration the fleet reads."""
-    from reef_forensics.keys import generate_keys
-    from reef_forensics.probes import load_probes
+    from reef_forensics.crypto.keys import generate_keys
+    from reef_forensics.formats.probes import load_probes
 
     keys = generate_keys(root / "keys", PASS.encode())
     probe_file = root / "probes.txt"
@@ -152,9 +152,9 @@ def populate(root: Path, url: str, suspects: int, shape: dict[str, int]) -> list
     """Register the victims, references and suspects; returns every registered name."""
     import mlflow
 
-    from reef_forensics.probes import load_probes
-    from reef_forensics.registry import register_model_folder
-    from reef_forensics.toy_models import derive, make_model
+    from reef_forensics.demo.toy_models import derive, make_model
+    from reef_forensics.formats.probes import load_probes
+    from reef_forensics.mlops.registry import register_model_folder
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # after mlflow set up its own logging
     texts = load_probes().texts

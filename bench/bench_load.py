@@ -71,11 +71,11 @@ def main() -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    from reef_forensics.jobqueue import JobQueue
-    from reef_forensics.keys import generate_keys
-    from reef_forensics.probes import load_probes
-    from reef_forensics.registry import register_model_folder
-    from reef_forensics.toy_models import make_model
+    from reef_forensics.crypto.keys import generate_keys
+    from reef_forensics.demo.toy_models import make_model
+    from reef_forensics.formats.probes import load_probes
+    from reef_forensics.mlops.jobqueue import JobQueue
+    from reef_forensics.mlops.registry import register_model_folder
     from tests.test_mlflow import start_server
 
     results: dict[str, dict[str, float]] = {}
@@ -126,7 +126,7 @@ def main() -> None:
 
 def drain(root: Path, url: str, queue: Path, keys: object, workers: int) -> dict[str, float]:
     """Start ``workers`` worker processes and time them until every queued job is done."""
-    from reef_forensics.jobqueue import JobQueue
+    from reef_forensics.mlops.jobqueue import JobQueue
 
     config = root / "reef.toml"
     config.write_text(

@@ -54,7 +54,7 @@ def build(
 ) -> Path:
     """A random-init Llama-style model saved as safetensors shards of at most ``shard_size``
     (made once, then reused)."""
-    from reef_forensics.toy_models import build_model, train_tokenizer
+    from reef_forensics.demo.toy_models import build_model, train_tokenizer
 
     if (folder / "config.json").is_file():
         return folder
@@ -70,7 +70,7 @@ def build(
 def weight_sizes(folder: Path) -> tuple[int, int]:
     """The model's total weight bytes and its largest block's (a decoder block, or any tensor
     outside the blocks, such as the embeddings), from the safetensors headers."""
-    from reef_forensics.safetensors_file import read_header
+    from reef_forensics.formats.safetensors_file import read_header
 
     groups: dict[str, int] = defaultdict(int)
     for shard in sorted(folder.glob("*.safetensors")):
@@ -109,7 +109,7 @@ def child(spec: dict[str, Any]) -> None:
 
     from reef_forensics import ProbeSet, load_probes
     from reef_forensics.digests import sha256_file
-    from reef_forensics.fingerprinting import fingerprint_model
+    from reef_forensics.models.fingerprinting import fingerprint_model
 
     probes = ProbeSet("bench", load_probes().texts[: spec["texts"]])
     AutoTokenizer.from_pretrained(spec["model"], local_files_only=True)
@@ -170,7 +170,7 @@ def measure(model: Path, out: Path, args: argparse.Namespace, options: dict[str,
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Build the model, measure the three runs, check the bound; the figures as JSON."""
     from reef_forensics import load_probes
-    from reef_forensics.models import parse_size
+    from reef_forensics.models.placement import parse_size
 
     work = Path(args.work) if args.work else OUTPUT
     model = build(

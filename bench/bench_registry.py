@@ -30,7 +30,7 @@ def main() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
-    from reef_forensics.jobqueue import JobQueue
+    from reef_forensics.mlops.jobqueue import JobQueue
     from reef_forensics.plugins.store import ReefRegistryStore
 
     with tempfile.TemporaryDirectory() as scratch:

@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reef_forensics import charts
-from reef_forensics.keys import load_signer, read_passphrase
-from reef_forensics.report import load_evidence, render_html, render_pdf, sign_pdf, signer_identity
-from reef_forensics.signing import TrustPolicy
+from reef_forensics.crypto.keys import load_signer, read_passphrase
+from reef_forensics.crypto.results import TrustPolicy
+from reef_forensics.report import charts
+from reef_forensics.report.pdf_signing import sign_pdf
+from reef_forensics.report.render import load_evidence, render_html, render_pdf, signer_identity
 
 
 def timed(function: Any, *args: Any) -> tuple[float, Any]:

@@ -29,7 +29,7 @@ from scipy import optimize, sparse
 from scipy.sparse import csgraph
 
 from reef_forensics import read_fingerprint
-from reef_forensics.unit_matching import DEFAULT_MAX_ROWS, prepare
+from reef_forensics.similarity.unit_matching import DEFAULT_MAX_ROWS, prepare
 
 ACCURACY_CACHE = Path(__file__).parent / "output" / "accuracy" / "fingerprints-v2"
 OTHERS = [

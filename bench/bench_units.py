@@ -46,26 +46,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_extraction import prepare_model
 
 from reef_forensics import (
-    analysis,
     load_model,
     load_probes,
     model_digest,
     read_fingerprint,
     resolve_model,
-    unit_matching,
 )
-from reef_forensics import fingerprint as fingerprint_module
-from reef_forensics.analysis import check
-from reef_forensics.fingerprint import (
+from reef_forensics.analysis import check as check_module
+from reef_forensics.analysis.check import check
+from reef_forensics.formats import fingerprint as fingerprint_module
+from reef_forensics.formats.fingerprint import (
     DEFAULT_UNIT_SAMPLES,
     FORMAT_VERSION,
     REPRESENTATIONS,
     UNITS,
     Fingerprint,
 )
-from reef_forensics.fingerprinting import fingerprint_loaded
-from reef_forensics.probes import ProbeSet
-from reef_forensics.unit_matching import (
+from reef_forensics.formats.probes import ProbeSet
+from reef_forensics.models.fingerprinting import fingerprint_loaded
+from reef_forensics.similarity import unit_matching
+from reef_forensics.similarity.unit_matching import (
     DEFAULT_MAX_ROWS,
     correlations,
     live_units,
@@ -263,7 +263,7 @@ def check_cost(cache: Path, repeats: int) -> list[dict[str, Any]] | None:
             for version in (2, 3) if repeat % 2 == 0 else (3, 2):
                 with Stopwatch(
                     {
-                        "compare_units": (analysis, "compare_units"),
+                        "compare_units": (check_module, "compare_units"),
                         "assignments": (unit_matching, "matching"),
                         "correlations": (unit_matching, "correlations"),
                         "reading units": (fingerprint_module.Fingerprint, "unit_views"),

@@ -13,7 +13,7 @@ sides). Every pair of distinct models is an independent pair:
   paired with every model of another architecture (different widths and depths exercise the
   alignment path and rectangular matchings; gated against split-input, mixed views).
 
-Each pair is checked by `reef_forensics.analysis.check` (no references, so only the
+Each pair is checked by `reef_forensics.analysis.check.check` (no references, so only the
 neuron-matching test can decide), and the false-derived rate of the test's combined p-value is
 counted at alpha = 0.01 and 0.05. As a check of power the first model's derivatives are checked
 too: trained further on other text, 40% magnitude pruning plus 5% weight noise, and an MLP unit
@@ -49,20 +49,20 @@ import torch
 from scipy import stats
 
 from reef_forensics import load_probes
-from reef_forensics.analysis import check
-from reef_forensics.derivatives import (
+from reef_forensics.analysis.check import check
+from reef_forensics.demo.toy_models import build_model, train_causal_lm, train_tokenizer
+from reef_forensics.formats.fingerprint import Fingerprint
+from reef_forensics.formats.probes import ProbeSet
+from reef_forensics.models.derivatives import (
     add_noise,
     derivative_digest,
     other_text,
     permute_mlp,
     prune_magnitude,
 )
-from reef_forensics.fingerprint import Fingerprint
-from reef_forensics.fingerprinting import fingerprint_loaded
-from reef_forensics.models import LoadedModel, ModelSource
-from reef_forensics.probes import ProbeSet
-from reef_forensics.toy_models import build_model, train_causal_lm, train_tokenizer
-from reef_forensics.unit_matching import bonferroni_log10
+from reef_forensics.models.fingerprinting import fingerprint_loaded
+from reef_forensics.models.loading import LoadedModel, ModelSource
+from reef_forensics.similarity.unit_matching import bonferroni_log10
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "llama-32x2": {"family": "llama", "hidden_size": 32, "num_layers": 2},

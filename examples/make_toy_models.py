@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from reef_forensics import load_probes
-from reef_forensics.toy_models import derive, make_model
+from reef_forensics.demo.toy_models import derive, make_model
 
 
 def main(out: Path) -> None:

@@ -40,7 +40,7 @@ def connect(folder: Path, tracking_uri: str | None = None) -> None:
 def register(folder: Path, models: list[str], role: str | None, tracking_uri: str | None) -> None:
     import mlflow
 
-    from reef_forensics.registry import register_model_folder  # mlflow.transformers.log_model
+    from reef_forensics.mlops.registry import register_model_folder  # mlflow.transformers.log_model
 
     connect(folder, tracking_uri)
     client = mlflow.MlflowClient()

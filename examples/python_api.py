@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 from reef_forensics import fingerprint_model, load_probes
-from reef_forensics.analysis import check
-from reef_forensics.keys import generate_keys, load_signer
-from reef_forensics.probes import ProbeSet
-from reef_forensics.report import write_report
-from reef_forensics.report_verification import verify_report
-from reef_forensics.signing import TrustPolicy
-from reef_forensics.toy_models import derive, make_model
+from reef_forensics.analysis.check import check
+from reef_forensics.crypto.keys import generate_keys, load_signer
+from reef_forensics.crypto.results import TrustPolicy
+from reef_forensics.demo.toy_models import derive, make_model
+from reef_forensics.formats.probes import ProbeSet
+from reef_forensics.report.render import write_report
+from reef_forensics.report.verification import verify_report
 
 
 def main(out: Path) -> int:
@@ -56,7 +56,7 @@ def main(out: Path) -> int:
     report = write_report(out / "findings", out / "report.pdf", signer, victim=victim.path)
 
     # 4. what an auditor runs: every check, every number recomputed from the fingerprints
-    from reef_forensics.keys import load_certificates
+    from reef_forensics.crypto.keys import load_certificates
 
     trust = TrustPolicy(roots=tuple(load_certificates(key_dir / "ca-cert.pem")))
     result = verify_report(

@@ -45,11 +45,11 @@ class ReefEvaluator(ModelEvaluator):
     ) -> EvaluationResult:
         from mlflow import MlflowClient
 
-        from reef_forensics.analysis import check_paths
-        from reef_forensics.config import load_config
-        from reef_forensics.naming import identity_of
-        from reef_forensics.probes import load_probes
-        from reef_forensics.registry import localize
+        from reef_forensics.casework import run_case
+        from reef_forensics.formats.naming import identity_of
+        from reef_forensics.formats.probes import load_probes
+        from reef_forensics.mlops.config import load_config
+        from reef_forensics.mlops.registry import localize
 
         config = load_config()
         settings = dict(evaluator_config)
@@ -72,29 +72,23 @@ class ReefEvaluator(ModelEvaluator):
                 work / "models",
             )
             assert victim is not None and suspect_path is not None
-            findings = check_paths(
+            out = work / "out"
+            certified = signer is not None and signer.certificate is not None
+            case = run_case(
                 victim,
                 suspect_path,
                 [r for r in refs if r is not None],
                 workdir=work / "check",
+                out=out / "findings",
+                signer=signer,
+                report=out / "report.pdf" if certified else None,
                 probes=load_probes(settings.get("probes") or config.probes),
                 identities=named,
                 positive_controls=bool(settings.get("positive_controls", True)),
                 victim_model=victim_model,
             )
-            out = work / "out"
-            findings.write(out / "findings", signer=signer)
-            if signer is not None and signer.certificate is not None:
-                from reef_forensics.report import write_report
-
-                victim_fp = (
-                    Path(victim)
-                    if Path(victim, "fingerprint.json").is_file()
-                    else work / "check" / "victim"
-                )
-                write_report(out / "findings", out / "report.pdf", signer, victim=victim_fp)
             client.log_artifacts(run_id, str(out), artifact_path="reef")
-        record = findings.as_json()
+        record = case.findings.as_json()
         metrics = {"reef_score": record["score"]}
         if record["p_value"] is not None:
             metrics["reef_p_value"] = record["p_value"]
@@ -113,7 +107,7 @@ class ReefEvaluator(ModelEvaluator):
 def _signer(settings: dict[str, Any], config: Any) -> Any:
     """The signer ``evaluator_config`` names (``key``, ``cert``, ``chain``,
     ``passphrase_file``), else the configuration's; None without a key."""
-    from reef_forensics.keys import load_signer, read_passphrase
+    from reef_forensics.crypto.keys import load_signer, read_passphrase
 
     key = settings.get("key") or config.key
     if not key:

@@ -23,7 +23,7 @@ from typing import Any
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
-from reef_forensics.jobqueue import JobQueue
+from reef_forensics.mlops.jobqueue import JobQueue
 
 PREFIX = "reef+"
 STATUS_TAG = "reef.status"
@@ -32,7 +32,7 @@ _log = logging.getLogger(__name__)
 
 def queue_path(db_uri: str) -> Path:
     """Where this store's queue lives."""
-    from reef_forensics.config import CONFIG_ENV, load_config
+    from reef_forensics.mlops.config import CONFIG_ENV, load_config
 
     if os.environ.get("REEF_QUEUE") or os.environ.get(CONFIG_ENV):
         return load_config().queue

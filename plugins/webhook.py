@@ -16,7 +16,7 @@ client that hangs up is a line in the log, never a traceback.
 
 ``GET /healthz`` answers ``{"status": "ok"}`` to anyone; ``GET /metrics`` the Prometheus metrics
 (the queue's counts by state among them) only with ``Authorization: Bearer TOKEN``; any other
-path 404 (`reef_forensics.observability.answer_get`). Each request is one JSON log line
+path 404 (`reef_forensics.mlops.observability.answer_get`). Each request is one JSON log line
 (``http.request``: method, path, status, outcome, duration; never a header or a body).
 
 Over HTTPS (``make_server(..., tls=tls.server_context(cert, key))``, ``serve --certfile``) the
@@ -44,8 +44,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from reef_forensics.files import lone_surrogate, parse_json
-from reef_forensics.jobqueue import JobQueue
-from reef_forensics.observability import Metrics, answer_get, log_event
+from reef_forensics.mlops.jobqueue import JobQueue
+from reef_forensics.mlops.observability import Metrics, answer_get, log_event
 
 from . import tls as _tls
 
@@ -186,25 +186,7 @@ def make_server(
                     _tls.close(self.request)
 
         def do_POST(self) -> None:
-            length = content_length(self.headers.get("Content-Length"))
-            if length is None:
-                self.close_connection = True  # the body's end is unknown: nothing after it
-                self._answer(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
-                return
-            if length > MAX_BODY:
-                self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "too large"})
-                return
-            try:
-                body = self.rfile.read(length)
-            except TimeoutError as exc:  # silent too long, or past the request's deadline
-                self.log_message("dropped: %s", exc)
-                self.close_connection = True
-                return
-            if len(body) < length:  # the client hung up before sending all it announced
-                self.close_connection = True
-                return
-            status, answer = handle_delivery(queue, secret, self.headers, body, max_age=max_age)
-            self._answer(status, answer)
+            _receive(self, queue, secret, max_age)
 
         def do_GET(self) -> None:
             status, kind, data = answer_get(
@@ -230,6 +212,29 @@ def make_server(
             _log.info("%s %s", self.address_string(), format % args)
 
     return _Server((host, port), Handler, max_handlers, tls=tls is not None)
+
+
+def _receive(handler: Any, queue: JobQueue, secret: str, max_age: float) -> None:
+    """A delivery: its body read within the limits, checked and queued, and answered."""
+    length = content_length(handler.headers.get("Content-Length"))
+    if length is None:
+        handler.close_connection = True  # the body's end is unknown: nothing after it
+        handler._answer(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
+        return
+    if length > MAX_BODY:
+        handler._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "too large"})
+        return
+    try:
+        body = handler.rfile.read(length)
+    except TimeoutError as exc:  # silent too long, or past the request's deadline
+        handler.log_message("dropped: %s", exc)
+        handler.close_connection = True
+        return
+    if len(body) < length:  # the client hung up before sending all it announced
+        handler.close_connection = True
+        return
+    status, answer = handle_delivery(queue, secret, handler.headers, body, max_age=max_age)
+    handler._answer(status, answer)
 
 
 def _log_request(handler: Any, code: int | str, metrics: Metrics) -> None:

@@ -6,7 +6,7 @@ The public Python API (the CLI and the MLflow plugins are thin adapters over it)
 - `fingerprint_model`: a model on disk -> a fingerprint directory.
 - `read_fingerprint` / `Fingerprint`: open and integrity-check a fingerprint.
 - `compare_fingerprints` / `Comparison`: the layer-by-layer CKA between two fingerprints.
-- `CkaMethod` and the pure functions in `reef_forensics.cka`.
+- `CkaMethod` and the pure functions in `reef_forensics.similarity.cka`.
 - `ReefError` and its subclasses: every error raised on purpose.
 
 Names that need torch (`fingerprint_model`) are imported on first use, so that reading and
@@ -16,17 +16,11 @@ comparing fingerprints stays light.
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("reef-forensics")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
-
-from .cka import CkaMethod
-from .comparison import Comparison, compare_fingerprints
-from .errors import (
+from reef_forensics._version import __version__
+from reef_forensics.analysis.comparison import Comparison, compare_fingerprints
+from reef_forensics.errors import (
     BadInputError,
     ComparisonError,
     ExtractionError,
@@ -35,23 +29,33 @@ from .errors import (
     ProbeSetError,
     ReefError,
 )
-from .fingerprint import Fingerprint, read_fingerprint
-from .probes import ProbeSet, load_probes
+from reef_forensics.formats.fingerprint import Fingerprint, read_fingerprint
+from reef_forensics.formats.probes import ProbeSet, load_probes
+from reef_forensics.similarity.cka import CkaMethod
 
 if TYPE_CHECKING:
-    from .fingerprinting import fingerprint_loaded, fingerprint_model
-    from .models import load_model, model_digest, resolve_model
+    from reef_forensics.casework import Case, run_case
+    from reef_forensics.crypto.results import TrustPolicy
+    from reef_forensics.evidence.verify import sign_evidence, verify_evidence
+    from reef_forensics.models.fingerprinting import fingerprint_loaded, fingerprint_model
+    from reef_forensics.models.loading import load_model, model_digest, resolve_model
 
 _LAZY = {
-    "fingerprint_model": "fingerprinting",
-    "fingerprint_loaded": "fingerprinting",
-    "load_model": "models",
-    "model_digest": "models",
-    "resolve_model": "models",
+    "fingerprint_model": "reef_forensics.models.fingerprinting",
+    "fingerprint_loaded": "reef_forensics.models.fingerprinting",
+    "load_model": "reef_forensics.models.loading",
+    "model_digest": "reef_forensics.models.loading",
+    "resolve_model": "reef_forensics.models.loading",
+    "run_case": "reef_forensics.casework",
+    "Case": "reef_forensics.casework",
+    "TrustPolicy": "reef_forensics.crypto.results",
+    "sign_evidence": "reef_forensics.evidence.verify",
+    "verify_evidence": "reef_forensics.evidence.verify",
 }
 
 __all__ = [
     "BadInputError",
+    "Case",
     "CkaMethod",
     "Comparison",
     "ComparisonError",
@@ -62,6 +66,7 @@ __all__ = [
     "ProbeSet",
     "ProbeSetError",
     "ReefError",
+    "TrustPolicy",
     "__version__",
     "compare_fingerprints",
     "fingerprint_loaded",
@@ -71,10 +76,13 @@ __all__ = [
     "model_digest",
     "read_fingerprint",
     "resolve_model",
+    "run_case",
+    "sign_evidence",
+    "verify_evidence",
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from reef_forensics import ProbeSet, fingerprint_model, load_probes
-from reef_forensics.keys import GeneratedKeys, Signer, generate_keys, load_signer
-from reef_forensics.signing import sign_directory
-from reef_forensics.toy_models import derive, make_model
+from reef_forensics.crypto.bundle import sign_directory
+from reef_forensics.crypto.keys import GeneratedKeys, Signer, generate_keys, load_signer
+from reef_forensics.demo.toy_models import derive, make_model
 
 from .gguf_export import export_llama_gguf
 
@@ -77,8 +77,8 @@ def signed_case(
 ) -> SignedCase:
     """What `check --key --cert --report` writes, made once per session through the library
     (the tamper and fuzz tests start from these valid files)."""
-    from reef_forensics.analysis import check_paths
-    from reef_forensics.report import write_report
+    from reef_forensics.analysis.check_paths import check_paths
+    from reef_forensics.report.render import write_report
 
     root = tmp_path_factory.mktemp("signed-case")
     keys = generate_keys(root / "keys", SIGNED_CASE_PASSPHRASE)

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from reef_forensics.alignment import monotone_alignment
+from reef_forensics.similarity.alignment import monotone_alignment
 
 
 def brute_force(matrix: np.ndarray) -> float:

@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 
 from reef_forensics import ComparisonError, read_fingerprint
-from reef_forensics.analysis import DecisionRule, calibrate, check, decide, invariance_controls
-from reef_forensics.cka import CkaMethod, gram
+from reef_forensics.analysis.calibration import calibrate
+from reef_forensics.analysis.check import check
+from reef_forensics.analysis.invariance import invariance_controls
+from reef_forensics.analysis.verdict import DecisionRule, decide
 from reef_forensics.digests import canonical_json
-from reef_forensics.fingerprint import FingerprintWriter, layer_names
-from reef_forensics.probes import load_probes
-from reef_forensics.statistics import bootstrap_curve, fisher_z, null_calibration
+from reef_forensics.formats.fingerprint import layer_names
+from reef_forensics.formats.fingerprint_writer import FingerprintWriter
+from reef_forensics.formats.probes import load_probes
+from reef_forensics.similarity.cka import CkaMethod, gram
+from reef_forensics.similarity.statistics import bootstrap_curve, fisher_z, null_calibration
 
 N, WIDTH, BLOCKS = 120, 24, 4
 TEXTS = load_probes().texts[:N]
@@ -228,7 +232,7 @@ def test_empirical_and_parametric_p_values_follow_their_definitions() -> None:
     refs = [0.20, 0.25, 0.30, 0.35, 0.40]
     calibration = null_calibration(0.33, refs)
     assert calibration.empirical_p == pytest.approx((1 + 2) / 6)
-    from reef_forensics.statistics import student_t_sf
+    from reef_forensics.similarity.statistics import student_t_sf
 
     z = fisher_z(refs)  # the t predictive: df = k - 1, scale sd * sqrt(1 + 1/k)
     t = (float(fisher_z(0.33)) - float(z.mean())) / (float(z.std(ddof=1)) * math.sqrt(1 + 1 / 5))
@@ -263,7 +267,7 @@ def test_bootstrap_band_brackets_the_estimate_and_narrows_with_more_samples() ->
     k, l = gram(x, method), gram(y, method)  # noqa: E741
     sizes = [20, 100, 300]
     low, high = bootstrap_curve(k, l, sizes, resamples=200, seed=1)
-    from reef_forensics.cka import cka_curve
+    from reef_forensics.similarity.cka import cka_curve
 
     curve = cka_curve(k, l, sizes)
     assert np.all(low <= curve + 0.05) and np.all(curve - 0.05 <= high)
@@ -285,7 +289,7 @@ def test_invariance_controls_score_one() -> None:
 
 
 def test_student_t_tail_matches_tabulated_critical_values() -> None:
-    from reef_forensics.statistics import student_t_sf
+    from reef_forensics.similarity.statistics import student_t_sf
 
     table = [
         (6.314, 1, 0.05),
@@ -307,7 +311,7 @@ def test_the_t_tail_stays_accurate_far_out_and_old_findings_keep_theirs() -> Non
     digits as the tail shrinks (1 minus a sum near 1) and is kept only to re-derive them."""
     from scipy import stats
 
-    from reef_forensics.statistics import legacy_student_t_sf, student_t_sf
+    from reef_forensics.similarity.statistics import legacy_student_t_sf, student_t_sf
 
     assert legacy_student_t_sf(15.0, 39) == 0.0  # the old series underflows to a false zero
     assert student_t_sf(15.0, 39) == pytest.approx(float(stats.t.sf(15.0, 39)), rel=1e-12)
@@ -386,7 +390,7 @@ def test_bands_on_independent_data_contain_the_estimate_near_zero() -> None:
     rng = np.random.default_rng(6)
     x, y = rng.normal(size=(300, 200)), rng.normal(size=(300, 200))
     k, l = gram(x, CkaMethod()), gram(y, CkaMethod())  # noqa: E741
-    from reef_forensics.cka import cka_curve
+    from reef_forensics.similarity.cka import cka_curve
 
     sizes = [50, 150, 300]
     low, high = bootstrap_curve(k, l, sizes, resamples=100)

@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 
 from reef_forensics import ProbeSet, fingerprint_model
-from reef_forensics.cli import main
-from reef_forensics.jobqueue import JobQueue
-from reef_forensics.keys import generate_keys, load_signer
-from reef_forensics.signing import sign_directory
+from reef_forensics.cli.main import main
+from reef_forensics.crypto.bundle import sign_directory
+from reef_forensics.crypto.keys import generate_keys, load_signer
+from reef_forensics.mlops.jobqueue import JobQueue
 
 from .tls_certs import encrypt_key, make_server_certs
 
@@ -541,7 +541,7 @@ def world(
     fp_victim = fingerprint_model(zoo["victim"], root / "fp", probes=small_probes, signer=signer)
     fp_suspect = fingerprint_model(zoo["derived"], root / "fp-suspect", probes=small_probes)
     fp_other = fingerprint_model(zoo["victim"], root / "fp-other", probes=reversed_probes)
-    from reef_forensics.analysis import check
+    from reef_forensics.analysis.check import check
 
     findings = check(fp_victim, fp_suspect, [], positive_controls=[])
     findings.write(root / "findings", signer=signer)
@@ -572,7 +572,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     worker that gets past its checks fails the case instead of running forever."""
     import socketserver
 
-    from reef_forensics.worker import Worker
+    from reef_forensics.mlops.worker import Worker
 
     monkeypatch.setattr(socketserver.BaseServer, "serve_forever", never_started)
     monkeypatch.setattr(Worker, "run", never_started)
@@ -689,7 +689,7 @@ NOT_COVERED = {
 
 
 def test_the_matrix_covers_every_command() -> None:
-    from reef_forensics.cli import build_parser
+    from reef_forensics.cli.main import build_parser
 
     commands = next(
         a.choices for a in build_parser()._actions if isinstance(a.choices, dict)

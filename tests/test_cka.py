@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reef_forensics import cka as C
+from reef_forensics.similarity import cka as C
 
 METHODS = [
     C.CkaMethod(kernel=k, estimator=e, standardize=s)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from reef_forensics import ProbeSet, read_fingerprint
-from reef_forensics.cli import main
-from reef_forensics.fingerprint import REPRESENTATIONS
+from reef_forensics.cli.main import main
+from reef_forensics.formats.fingerprint import REPRESENTATIONS
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -121,7 +121,7 @@ def poison_model(src: Path, dst: Path) -> Path:
 def t5_model(dst: Path, texts: tuple[str, ...]) -> Path:
     from transformers import T5Config, T5Model
 
-    from reef_forensics.toy_models import train_tokenizer
+    from reef_forensics.demo.toy_models import train_tokenizer
 
     tokenizer = train_tokenizer(texts, vocab_size=200)
     T5Model(
@@ -376,7 +376,7 @@ def test_internal_errors_exit_1_with_one_line(
     monkeypatch: pytest.MonkeyPatch,
     fingerprints: dict[str, Path],
 ) -> None:
-    import reef_forensics.cli as cli
+    import reef_forensics.cli.fingerprints as cli
 
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom\nsecond line")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from reef_forensics.cli import main
-from reef_forensics.keys import generate_keys
-from reef_forensics.toy_models import make_model
+from reef_forensics.cli.main import main
+from reef_forensics.crypto.keys import generate_keys
+from reef_forensics.demo.toy_models import make_model
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
@@ -196,9 +196,9 @@ def test_verify_catches_a_verdict_that_its_own_numbers_do_not_support(
     capsys: pytest.CaptureFixture[str], fingerprints: dict[str, Path], tmp_path: Path
 ) -> None:
     """A canonical, re-signed record whose verdict was edited: only the consistency check sees it."""
+    from reef_forensics.crypto.bundle import sign_directory
+    from reef_forensics.crypto.keys import load_signer
     from reef_forensics.digests import canonical_json
-    from reef_forensics.keys import load_signer
-    from reef_forensics.signing import sign_directory
 
     keys = generate_keys(tmp_path / "keys", b"pw")
     code, _, err = run_cli(
@@ -230,9 +230,9 @@ def test_verify_recomputes_the_tests_from_the_recorded_block_scores(
 ) -> None:
     """An edited per-block reference score changes the layer test: the recorded p-values no
     longer follow, and verify says which field."""
+    from reef_forensics.crypto.bundle import sign_directory
+    from reef_forensics.crypto.keys import load_signer
     from reef_forensics.digests import canonical_json
-    from reef_forensics.keys import load_signer
-    from reef_forensics.signing import sign_directory
 
     keys = generate_keys(tmp_path / "keys", b"pw")
     code, _, err = run_cli(

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from reef_forensics.cli import main
+from reef_forensics.cli.main import main
 
 PASSPHRASE = "cli-secret-passphrase-42"
 WRONG = "wrong-passphrase-Zq7"

@@ -16,9 +16,9 @@ from reef_forensics import (
     fingerprint_model,
     read_fingerprint,
 )
-from reef_forensics.cka import CkaMethod, cka
-from reef_forensics.comparison import headline_layer
+from reef_forensics.analysis.comparison import headline_layer
 from reef_forensics.digests import canonical_json
+from reef_forensics.similarity.cka import CkaMethod, cka
 
 
 def test_derived_model_scores_far_above_an_unrelated_one(fingerprints: dict[str, Path]) -> None:
@@ -104,7 +104,7 @@ def test_headline_layer_sits_at_reefs_relative_depth(blocks: int, expected: str)
 def test_models_of_different_depths_are_aligned_by_relative_depth(
     zoo: dict[str, Path], probes: ProbeSet, tmp_path: Path
 ) -> None:
-    from reef_forensics.toy_models import make_model
+    from reef_forensics.demo.toy_models import make_model
 
     subset = ProbeSet("s", probes.texts[:40])
     deep = make_model(tmp_path / "deep", probes.texts, family="llama", num_layers=8, seed=3)
@@ -133,7 +133,7 @@ def test_comparison_reads_a_copy_the_same_as_the_original(
 
 
 def test_comparisons_too_big_for_memory_are_refused_up_front() -> None:
-    from reef_forensics.comparison import _check_memory
+    from reef_forensics.analysis.comparison import _check_memory
 
     _check_memory(66, 620)  # a 33-layer model pair on the built-in set: about 200 MB
     with pytest.raises(ComparisonError, match="GiB for 160 Gram matrices of 200000 x 200000"):

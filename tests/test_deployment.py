@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from reef_forensics.cli import main
-from reef_forensics.jobqueue import JobQueue
-from reef_forensics.keys import CA_KEY, generate_keys
-from reef_forensics.toy_models import derive, make_model
+from reef_forensics.cli.main import main
+from reef_forensics.crypto.keys import CA_KEY, generate_keys
+from reef_forensics.demo.toy_models import derive, make_model
+from reef_forensics.mlops.jobqueue import JobQueue
 
 from .test_mlflow import PASS, REEF, start_server, tags, trusting, wait_for
 from .test_report import pyhanko_validate

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reef_forensics import load_model, resolve_model
-from reef_forensics.derivatives import (
+from reef_forensics.models.derivatives import (
     Unsupported,
     add_noise,
     fine_tune,

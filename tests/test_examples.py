@@ -79,7 +79,7 @@ def test_the_command_line_walkthrough(tmp_path: Path) -> None:
 
 
 def test_the_accuracy_benchmark_runs_on_small_models(tmp_path: Path, probes) -> None:  # type: ignore[no-untyped-def]
-    from reef_forensics.toy_models import make_model
+    from reef_forensics.demo.toy_models import make_model
 
     victim = make_model(tmp_path / "victim", probes.texts, seed=0)
     unrelated = [make_model(tmp_path / f"u{s}", probes.texts, seed=s) for s in (31, 32)]

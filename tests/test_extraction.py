@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reef_forensics import ExtractionError, ProbeSet, load_model, resolve_model
-from reef_forensics.extraction import iter_pooled, length_sorted_batches, tokenize_probes
+from reef_forensics.models.extraction import iter_pooled, length_sorted_batches, tokenize_probes
 
 
 def extract(loaded, texts, **options) -> list[np.ndarray]:  # type: ignore[no-untyped-def]

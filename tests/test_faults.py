@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from reef_forensics.cli import main
-from reef_forensics.config import Config, load_config
-from reef_forensics.jobqueue import JobQueue
-from reef_forensics.worker import REGISTRY_DOWN, Worker, registry_unreachable
+from reef_forensics.cli.main import main
+from reef_forensics.mlops.config import Config, load_config
+from reef_forensics.mlops.jobqueue import JobQueue
+from reef_forensics.mlops.screener import REGISTRY_DOWN, registry_unreachable
+from reef_forensics.mlops.worker import Worker
 
 from .test_mlflow import (  # noqa: F401  (deployment and offline are fixtures used below)
     PASS,
@@ -251,8 +252,8 @@ def test_the_queue_resumes_after_the_mlflow_server_restarts(
     zoo: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from reef_forensics.keys import generate_keys
-    from reef_forensics.probes import load_probes
+    from reef_forensics.crypto.keys import generate_keys
+    from reef_forensics.formats.probes import load_probes
 
     root = tmp_path / "restart"
     keys = generate_keys(root / "keys", PASS.encode())

@@ -12,8 +12,14 @@ from safetensors.numpy import load_file
 
 from reef_forensics import FingerprintError, ProbeSet, fingerprint_model, read_fingerprint
 from reef_forensics.digests import canonical_json, sha256_file
-from reef_forensics.fingerprint import FORMAT_VERSION, MANIFEST, PROBES, REPRESENTATIONS, UNITS
-from reef_forensics.safetensors_file import StreamWriter
+from reef_forensics.formats.fingerprint import (
+    FORMAT_VERSION,
+    MANIFEST,
+    PROBES,
+    REPRESENTATIONS,
+    UNITS,
+)
+from reef_forensics.formats.safetensors_file import StreamWriter
 
 
 def test_fingerprint_holds_every_layer_in_probe_order(

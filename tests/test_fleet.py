@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import ray
 
-from reef_forensics.cli import main
-from reef_forensics.config import load_config
-from reef_forensics.fingerprint import read_fingerprint
-from reef_forensics.fleet import screen_fleet
-from reef_forensics.naming import registry_identity
-from reef_forensics.toy_models import derive, make_model
+from reef_forensics.cli.main import main
+from reef_forensics.demo.toy_models import derive, make_model
+from reef_forensics.formats.fingerprint import read_fingerprint
+from reef_forensics.formats.naming import registry_identity
+from reef_forensics.mlops.config import load_config
+from reef_forensics.mlops.fleet import screen_fleet
 
 from .test_mlflow import (  # noqa: F401
     deployment,

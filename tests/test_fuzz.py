@@ -34,18 +34,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reef_forensics.analysis import FINDINGS_FILE
+from reef_forensics.analysis.findings import FINDINGS_FILE
+from reef_forensics.crypto.bundle import SIGNATURE_NAME, sign_directory, verify_bundle_over
+from reef_forensics.crypto.keys import Signer, load_certificates, load_public_key
+from reef_forensics.crypto.results import TrustPolicy
 from reef_forensics.digests import canonical_json, sha256_bytes
 from reef_forensics.errors import ProbeSetError, ReefError
-from reef_forensics.evidence import verify_evidence
-from reef_forensics.fingerprint import MANIFEST, PROBES, read_fingerprint
-from reef_forensics.jobqueue import JobQueue
-from reef_forensics.keys import Signer, load_certificates, load_public_key
+from reef_forensics.evidence.verify import verify_evidence
+from reef_forensics.formats.fingerprint import MANIFEST, PROBES, read_fingerprint
+from reef_forensics.formats.probes import load_probes
+from reef_forensics.mlops.jobqueue import JobQueue
 from reef_forensics.plugins.tls import server_context
 from reef_forensics.plugins.webhook import handle_delivery, make_server, signature
-from reef_forensics.probes import load_probes
-from reef_forensics.report import load_evidence
-from reef_forensics.signing import SIGNATURE_NAME, TrustPolicy, sign_directory, verify_bundle_over
+from reef_forensics.report.render import load_evidence
 
 from .conftest import SignedCase
 from .tls_certs import make_server_certs

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reef_forensics.cli import main
+from reef_forensics.cli.main import main
 
 GOLDEN = Path(__file__).parent / "golden" / "cab7916"
 # release 1cfaafb: fingerprint format 2 (MLP units), findings format 3 (three tests), report v3

@@ -24,18 +24,18 @@ from typing import Any
 import pytest
 
 from reef_forensics import ProbeSet, fingerprint_model
-from reef_forensics.cli import main
+from reef_forensics.cli.main import main
+from reef_forensics.crypto.keys import generate_keys
 from reef_forensics.errors import BadInputError, ModelLoadError
-from reef_forensics.gguf_file import (
+from reef_forensics.formats.gguf_file import (
     FREE_ARRAY_ITEMS,
     MAX_ARRAY_ITEMS,
     MAX_METADATA_BYTES,
     TENSOR_BYTES_PER_ITEM,
     read_gguf_header,
 )
-from reef_forensics.keys import generate_keys
-from reef_forensics.models import resolve_model
-from reef_forensics.safetensors_file import MAX_HEADER
+from reef_forensics.formats.safetensors_file import MAX_HEADER
+from reef_forensics.models.loading import resolve_model
 
 from .test_mlflow import deployment, offline  # noqa: F401  (fixtures: a real MLflow server)
 
@@ -219,7 +219,7 @@ def pickle_version(
 def test_registry_downloads_of_a_pickle_version_are_refused_to_load(
     pickle_version: dict[str, object], tmp_path: Path
 ) -> None:
-    from reef_forensics.registry import localize, materialize
+    from reef_forensics.mlops.registry import localize, materialize
 
     uri = str(pickle_version["uri"])
     folder = materialize("models:/hostile/1", tmp_path / "materialized", uri)
@@ -236,9 +236,9 @@ def test_registry_downloads_of_a_pickle_version_are_refused_to_load(
 def test_the_worker_never_loads_a_pickle_version(
     pickle_version: dict[str, object], tmp_path: Path
 ) -> None:
-    from reef_forensics.config import Config
-    from reef_forensics.jobqueue import JobQueue
-    from reef_forensics.worker import Worker
+    from reef_forensics.mlops.config import Config
+    from reef_forensics.mlops.jobqueue import JobQueue
+    from reef_forensics.mlops.worker import Worker
 
     probes = tmp_path / "probes.txt"
     probes.write_text("".join(f"probe text number {i} for the worker\n" for i in range(12)))
@@ -745,7 +745,7 @@ def test_a_panic_inside_this_process_is_refused_and_its_report_kept_off_stderr(
 ) -> None:
     """Without the trial in a child process the tokenizer panics here: the panic becomes one
     error line, and Rust's report (written to file descriptor 2) is not shown."""
-    monkeypatch.setattr("reef_forensics.native.time_trial", lambda tokenizer, texts: None)
+    monkeypatch.setattr("reef_forensics.models.native.time_trial", lambda tokenizer, texts: None)
     monkeypatch.setenv("RUST_BACKTRACE", "1")
     folder = regex_tokenizer_model(zoo, tmp_path / "hostile", PANIC_REGEX)
     args = [str(a) for a in PICKLE_COMMANDS[command][0](folder, victim_fp, tmp_path)]
@@ -769,8 +769,8 @@ def test_a_tokenizer_that_backtracks_without_end_is_stopped_at_its_time_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No panic, about 20 s per text: the trial process is killed at the limit (3 s here)."""
-    monkeypatch.setattr("reef_forensics.native.TIME_LIMIT_SECONDS", 3.0)
-    monkeypatch.setattr("reef_forensics.native.TIME_PER_TEXT_SECONDS", 0.0)
+    monkeypatch.setattr("reef_forensics.models.native.TIME_LIMIT_SECONDS", 3.0)
+    monkeypatch.setattr("reef_forensics.models.native.TIME_PER_TEXT_SECONDS", 0.0)
     folder = regex_tokenizer_model(zoo, tmp_path / "slow", SLOW_REGEX)
     out = tmp_path / "out"
     started = time.monotonic()
@@ -785,8 +785,8 @@ def test_a_tokenizer_that_backtracks_without_end_is_stopped_at_its_time_limit(
 def test_a_tokenizer_with_an_ordinary_regex_passes_its_trial(
     capsys: pytest.CaptureFixture[str], zoo: dict[str, Path], tmp_path: Path, probe_file: Path
 ) -> None:
-    from reef_forensics.models import load_model
-    from reef_forensics.native import has_regex
+    from reef_forensics.models.loading import load_model
+    from reef_forensics.models.native import has_regex
 
     folder = regex_tokenizer_model(zoo, tmp_path / "plain", PLAIN_REGEX)
     assert has_regex(load_model(resolve_model(folder)).tokenizer.backend_tokenizer)
@@ -808,7 +808,7 @@ def test_a_real_worker_survives_a_panicking_tokenizer_and_fails_the_job_at_once(
     `running` until its lease ran out, for every worker that took it."""
     from mlflow import MlflowClient
 
-    from reef_forensics.jobqueue import JobQueue
+    from reef_forensics.mlops.jobqueue import JobQueue
 
     from .test_mlflow import PASS, tags
 
@@ -975,8 +975,8 @@ from pathlib import Path
 import gguf, torch, transformers
 import transformers.models.llama.modeling_llama
 from transformers import AutoConfig, AutoModel, AutoTokenizer
-from reef_forensics.cli import main
-import reef_forensics.fingerprinting
+from reef_forensics.cli.main import main
+import reef_forensics.models.fingerprinting
 
 def status(field):
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -13,9 +13,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from reef_forensics.evidence import verify_evidence
-from reef_forensics.keys import generate_keys, load_public_key, load_signer
-from reef_forensics.signing import SIGNATURE_NAME, TrustPolicy, sign_directory
+from reef_forensics.crypto.bundle import SIGNATURE_NAME, sign_directory
+from reef_forensics.crypto.keys import generate_keys, load_public_key, load_signer
+from reef_forensics.crypto.results import TrustPolicy
+from reef_forensics.evidence.verify import verify_evidence
 
 PASSPHRASE = b"interop passphrase"
 MODEL_SIGNING = (

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from reef_forensics.cli import main
-from reef_forensics.config import load_config
+from reef_forensics.cli.main import main
 from reef_forensics.errors import BadInputError
-from reef_forensics.jobqueue import JobQueue
+from reef_forensics.mlops.config import load_config
+from reef_forensics.mlops.jobqueue import JobQueue
 
 
 def test_enqueue_is_idempotent_per_version(tmp_path: Path) -> None:
@@ -77,8 +77,8 @@ def test_a_worker_keeps_its_lease_through_a_job_longer_than_the_lease(tmp_path: 
     import threading
     import time
 
-    from reef_forensics.config import Config
-    from reef_forensics.worker import Worker
+    from reef_forensics.mlops.config import Config
+    from reef_forensics.mlops.worker import Worker
 
     config = Config(tracking_uri="http://127.0.0.1:9", queue=tmp_path / "q.sqlite")
     queue = JobQueue(config.queue, lease_seconds=0.6)
@@ -218,7 +218,7 @@ def test_bad_configuration_is_one_clear_error(
 def test_config_check_reports_each_part(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from reef_forensics.keys import generate_keys
+    from reef_forensics.crypto.keys import generate_keys
 
     keys = generate_keys(tmp_path / "keys", b"pw")
     monkeypatch.setenv("REEF_KEY_PASSPHRASE", "pw")

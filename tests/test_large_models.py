@@ -34,16 +34,17 @@ from reef_forensics import (
     read_fingerprint,
     resolve_model,
 )
-from reef_forensics.analysis import check
-from reef_forensics.cka import CkaMethod, centered_grams, cka_matrix, gram
-from reef_forensics.cli import main
-from reef_forensics.comparison import compare_fingerprints
+from reef_forensics.analysis.check import check
+from reef_forensics.analysis.comparison import compare_fingerprints
+from reef_forensics.cli.main import main
 from reef_forensics.digests import canonical_json, sha256_file
 from reef_forensics.errors import BadInputError, ExtractionError, ModelLoadError
-from reef_forensics.extraction import _pool, iter_pooled, parse_layers, tokenize_probes
-from reef_forensics.fingerprint import MANIFEST, REPRESENTATIONS, FingerprintWriter
-from reef_forensics.models import parse_max_memory, parse_size
-from reef_forensics.safetensors_file import read_header
+from reef_forensics.formats.fingerprint import MANIFEST, REPRESENTATIONS
+from reef_forensics.formats.fingerprint_writer import FingerprintWriter
+from reef_forensics.formats.safetensors_file import read_header
+from reef_forensics.models.extraction import _pool, iter_pooled, parse_layers, tokenize_probes
+from reef_forensics.models.placement import parse_max_memory, parse_size
+from reef_forensics.similarity.cka import CkaMethod, centered_grams, cka_matrix, gram
 
 ROOT = Path(__file__).parent.parent
 SHORT = 32  # --max-length of these tests: the numbers do not need long texts

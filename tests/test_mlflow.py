@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from reef_forensics.cli import main
-from reef_forensics.config import load_config
-from reef_forensics.jobqueue import JobQueue
-from reef_forensics.keys import generate_keys
-from reef_forensics.toy_models import make_model
-from reef_forensics.worker import Worker
+from reef_forensics.cli.main import main
+from reef_forensics.crypto.keys import generate_keys
+from reef_forensics.demo.toy_models import make_model
+from reef_forensics.mlops.config import load_config
+from reef_forensics.mlops.jobqueue import JobQueue
+from reef_forensics.mlops.worker import Worker
 
 from .tls_certs import make_server_certs
 
@@ -112,7 +112,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, offline: None) -> Itera
     """A server with the store plugin, a queue, keys, a small probe file and a configuration."""
     root = tmp_path_factory.mktemp("mlflow")
     keys = generate_keys(root / "keys", PASS.encode())
-    from reef_forensics.probes import load_probes
+    from reef_forensics.formats.probes import load_probes
 
     probes = root / "probes.txt"
     probes.write_text("\n".join(load_probes().texts[:60]) + "\n")
@@ -596,7 +596,7 @@ def test_the_receiver_checks_hmac_age_and_replays(receiver: tuple[str, JobQueue]
 def test_each_request_is_one_log_line_without_secrets(
     receiver: tuple[str, JobQueue], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from reef_forensics.observability import configure_logging
+    from reef_forensics.mlops.observability import configure_logging
 
     configure_logging()
     url, _ = receiver

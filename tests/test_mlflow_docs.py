@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from reef_forensics.cli import main
-from reef_forensics.toy_models import derive, make_model
+from reef_forensics.cli.main import main
+from reef_forensics.demo.toy_models import derive, make_model
 
 from .test_mlflow import REEF, drain, register, start_server, tags
 
@@ -28,7 +28,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "mlflow.md"
 def site(tmp_path_factory: pytest.TempPathFactory, probes: Any) -> Iterator[dict[str, Any]]:
     """A server with the store plugin, keys, a probe file under a server-local path, and the
     models: a victim, a derivative, three independent references."""
-    from reef_forensics.keys import generate_keys
+    from reef_forensics.crypto.keys import generate_keys
 
     from .test_mlflow import PASS
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reef_forensics import ModelLoadError, load_model, model_digest, resolve_model
-from reef_forensics.safetensors_file import read_header
+from reef_forensics.formats.safetensors_file import read_header
 
 
 def copy_model(src: Path, dst: Path) -> Path:
@@ -227,7 +227,7 @@ def test_paths_that_are_not_models_are_refused(
 def test_encoder_decoder_models_are_refused_with_a_reason(probes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from transformers import T5Config, T5Model
 
-    from reef_forensics.toy_models import train_tokenizer
+    from reef_forensics.demo.toy_models import train_tokenizer
 
     folder = tmp_path / "t5"
     tokenizer = train_tokenizer(probes.texts[:100], vocab_size=200)
@@ -244,7 +244,7 @@ def test_a_gguf_model_dequantizes_to_a_plain_safetensors_folder(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    from reef_forensics.models import dequantize_gguf, resolve_model
+    from reef_forensics.models.loading import dequantize_gguf, resolve_model
 
     folder = dequantize_gguf(zoo["gguf"], tmp_path / "plain")
     assert sorted(p.name for p in folder.glob("*.safetensors")) == ["model.safetensors"]

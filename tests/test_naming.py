@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from reef_forensics.cli import main
-from reef_forensics.keys import generate_keys
-from reef_forensics.naming import label, probe_label, registry_problem, reproduction
-from reef_forensics.toy_models import derive, make_model
+from reef_forensics.cli.main import main
+from reef_forensics.crypto.keys import generate_keys
+from reef_forensics.demo.toy_models import derive, make_model
+from reef_forensics.formats.naming import label, probe_label, registry_problem, reproduction
 
 PASS = "naming-test"
 

@@ -11,7 +11,7 @@ import pytest
 import rfc8785
 
 from reef_forensics import ProbeSetError, load_probes
-from reef_forensics.probes import MIN_PROBES, builtin_kinds
+from reef_forensics.formats.probes import MIN_PROBES, builtin_kinds
 
 TEXTS = [f"Q: What is {i} plus {i}? A: {2 * i}." for i in range(12)]
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from reef_forensics import ProbeSet, fingerprint_model
-from reef_forensics.config import Config
-from reef_forensics.fingerprint import read_fingerprint, same_measurement
-from reef_forensics.jobqueue import Job
-from reef_forensics.worker import Screener
+from reef_forensics.formats.fingerprint import read_fingerprint
+from reef_forensics.formats.measurement import same_measurement
+from reef_forensics.mlops.config import Config
+from reef_forensics.mlops.jobqueue import Job
+from reef_forensics.mlops.screener import Screener
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def screener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Screener,
     monkeypatch.chdir(tmp_path)  # the SQLite store's artifacts go under ./mlruns
     made = Screener(config)
     tags: dict[str, str] = {}
-    monkeypatch.setattr(made, "_tag", lambda name, version, key, value: tags.update({key: value}))
+    monkeypatch.setattr(made, "tag", lambda name, version, key, value: tags.update({key: value}))
     return made, tags
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reef_forensics.cli import build_parser
+from reef_forensics.cli.main import build_parser
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

@@ -13,17 +13,13 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from reef_forensics.cli import main
+from reef_forensics.cli.main import main
+from reef_forensics.crypto.bundle import sign_directory
+from reef_forensics.crypto.keys import GeneratedKeys, Signer, generate_keys, load_signer
+from reef_forensics.crypto.results import TrustPolicy
 from reef_forensics.digests import canonical_json
-from reef_forensics.keys import GeneratedKeys, Signer, generate_keys, load_signer
-from reef_forensics.report import (
-    load_evidence,
-    render_html,
-    render_pdf,
-    sign_pdf,
-    signer_identity,
-)
-from reef_forensics.signing import TrustPolicy, sign_directory
+from reef_forensics.report.pdf_signing import sign_pdf
+from reef_forensics.report.render import load_evidence, render_html, render_pdf, signer_identity
 
 PASS = "report-test"
 
@@ -418,7 +414,7 @@ def issue_signer(keys: GeneratedKeys, flaw: str | None) -> Signer:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    from reef_forensics.keys import load_certificates
+    from reef_forensics.crypto.keys import load_certificates
 
     ca_key = load_signer(keys.ca_certificate.parent / "ca-key.pem", passphrase=PASS.encode())
     ca_cert = load_certificates(keys.ca_certificate)[0]
@@ -479,8 +475,8 @@ def test_a_report_signer_certificate_is_held_to_the_evidence_bundle_policy(
     tracebacks). The same certificate signing findings.json was refused. Now one policy,
     `signing.chain_to_roots`, answers both, in one line, with the same reason. The fit
     certificate (no flaw) shows that the rest of the certificate is acceptable."""
-    from reef_forensics.evidence import verify_evidence
-    from reef_forensics.keys import load_certificates
+    from reef_forensics.crypto.keys import load_certificates
+    from reef_forensics.evidence.verify import verify_evidence
 
     trust = TrustPolicy(roots=tuple(load_certificates(keys.ca_certificate)))
     holder = issue_signer(keys, flaw)
@@ -521,7 +517,7 @@ def test_a_genuine_report_verifies_where_other_renderer_versions_are_installed(
     its own (a machine with another pyHanko found an untouched report NOT VALID); it now
     re-renders with the versions the report records. Here the verifier's pyHanko, WeasyPrint,
     matplotlib and Jinja2 report other versions than the signer's."""
-    from reef_forensics import report as report_module
+    from reef_forensics.report import record as report_module
 
     real = report_module.metadata.version
     elsewhere = {

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from reef_forensics.cli import main
-from reef_forensics.config import Config
-from reef_forensics.jobqueue import JobQueue
-from reef_forensics.keys import generate_keys
+from reef_forensics.cli.main import main
+from reef_forensics.crypto.keys import generate_keys
+from reef_forensics.mlops.config import Config
+from reef_forensics.mlops.jobqueue import JobQueue
 
 from .leaks import find_leaks, known_passphrases, log_files
 
@@ -114,8 +114,8 @@ def test_readable_key_and_passphrase_files_are_warned_about(
     assert code == 0
     assert f"warning: {secret_file} can be read by other users; chmod 600 it" in text
     keys.private_key.chmod(0o640)
-    caplog.set_level(logging.WARNING, logger="reef_forensics.worker")
-    from reef_forensics.worker import Worker
+    caplog.set_level(logging.WARNING, logger="reef_forensics.mlops.worker")
+    from reef_forensics.mlops.worker import Worker
 
     config = Config(
         tracking_uri="http://127.0.0.1:9",

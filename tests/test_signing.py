@@ -14,11 +14,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reef_forensics.digests import canonical_json
-from reef_forensics.errors import KeyMaterialError, SignatureError
-from reef_forensics.evidence import verify_evidence
-from reef_forensics.fingerprint import MANIFEST, PROBES, REPRESENTATIONS, UNITS
-from reef_forensics.keys import (
+from reef_forensics.crypto.bundle import SIGNATURE_NAME, sign_directory
+from reef_forensics.crypto.keys import (
     describe_key_file,
     generate_keys,
     key_fingerprint,
@@ -26,7 +23,11 @@ from reef_forensics.keys import (
     load_public_key,
     load_signer,
 )
-from reef_forensics.signing import SIGNATURE_NAME, TrustPolicy, sign_directory
+from reef_forensics.crypto.results import TrustPolicy
+from reef_forensics.digests import canonical_json
+from reef_forensics.errors import KeyMaterialError, SignatureError
+from reef_forensics.evidence.verify import verify_evidence
+from reef_forensics.formats.fingerprint import MANIFEST, PROBES, REPRESENTATIONS, UNITS
 
 PASSPHRASE = b"correct horse battery staple"
 
@@ -433,7 +434,7 @@ def issue_cert(  # type: ignore[no-untyped-def]
 
 
 def chain_result(signed: Path, tmp_path: Path, keys, leaf_key, leaf, extra=()):  # type: ignore[no-untyped-def]
-    from reef_forensics.keys import Signer
+    from reef_forensics.crypto.keys import Signer
 
     target = copy(signed, tmp_path)
     if isinstance(leaf_key, ec.EllipticCurvePrivateKey):

@@ -31,27 +31,26 @@ from typing import Any
 
 import pytest
 
-from reef_forensics.analysis import FINDINGS_FILE
-from reef_forensics.cli import main
+from reef_forensics.analysis.findings import FINDINGS_FILE
+from reef_forensics.cli.main import main
+from reef_forensics.crypto.bundle import sign_directory
+from reef_forensics.crypto.keys import Signer, load_certificates, load_public_key, load_signer
+from reef_forensics.crypto.results import TrustPolicy, VerificationResult
 from reef_forensics.digests import canonical_json
 from reef_forensics.errors import ReefError
-from reef_forensics.evidence import verify_evidence
+from reef_forensics.evidence.verify import verify_evidence
 from reef_forensics.files import parse_json
-from reef_forensics.keys import Signer, load_certificates, load_public_key, load_signer
-from reef_forensics.report import (
+from reef_forensics.report.pdf_signing import sign_pdf
+from reef_forensics.report.record import (
     ATTACHED_FINDINGS,
     ATTACHED_FINDINGS_SIGNATURE,
     ATTACHED_REPORT_RECORD,
     ATTACHED_VICTIM_MANIFEST,
     ATTACHED_VICTIM_SIGNATURE,
     Evidence,
-    pdf_from_html,
-    render_html,
-    sign_pdf,
-    signer_identity,
 )
-from reef_forensics.report_verification import verify_report
-from reef_forensics.signing import TrustPolicy, VerificationResult, sign_directory
+from reef_forensics.report.render import pdf_from_html, render_html, signer_identity
+from reef_forensics.report.verification import verify_report
 
 from .conftest import SIGNED_CASE_PASSPHRASE as CASE_PASSPHRASE
 from .conftest import SignedCase
@@ -499,8 +498,8 @@ def test_a_font_whose_glyphs_were_swapped_is_not_valid(
     from fontTools.ttLib import TTFont
     from pypdf import PdfReader, PdfWriter
 
-    from reef_forensics.report import render_report
-    from reef_forensics.report_content import _to_unicode
+    from reef_forensics.report.pdf_fonts import _to_unicode
+    from reef_forensics.report.render import render_report
 
     evidence = attached_evidence(signed_case.report)
     unsigned = render_report(evidence, signer_identity(signer_case_certificate(signed_case)))
@@ -545,7 +544,7 @@ def test_an_annotation_over_the_verdict_is_not_valid(
     from pypdf import PdfReader, PdfWriter
     from pypdf.annotations import FreeText
 
-    from reef_forensics.report import render_report
+    from reef_forensics.report.render import render_report
 
     evidence = attached_evidence(signed_case.report)
     unsigned = render_report(evidence, signer_identity(signer_case_certificate(signed_case)))
@@ -579,10 +578,10 @@ def forged_case(case: SignedCase, root: Path, monkeypatch: pytest.MonkeyPatch) -
     forged representations file and the report."""
     import dataclasses
 
-    import reef_forensics.fingerprint as fingerprint_module
-    from reef_forensics.analysis import check_paths
-    from reef_forensics.fingerprint import REPRESENTATIONS
-    from reef_forensics.report import write_report
+    import reef_forensics.formats.fingerprint as fingerprint_module
+    from reef_forensics.analysis.check_paths import check_paths
+    from reef_forensics.formats.fingerprint import REPRESENTATIONS
+    from reef_forensics.report.render import write_report
 
     evidence = {
         name: Path(shutil.copytree(path, root / "evidence" / name))
@@ -618,8 +617,8 @@ def test_a_fingerprint_swapped_after_verification_is_not_recomputed_on(
     `verify --evidence` has verified the folder and before recomputation reads it. Recomputation
     then agreed with the forgery: VALID. Now each file is read once, and the signature and the
     recomputation both rest on those bytes: NOT VALID, however late the swap."""
-    import reef_forensics.recompute as recompute_module
-    from reef_forensics.fingerprint import REPRESENTATIONS
+    import reef_forensics.evidence.recompute as recompute_module
+    from reef_forensics.formats.fingerprint import REPRESENTATIONS
 
     case = forged_case(signed_case, tmp_path, monkeypatch)
     folders = [case["evidence"][n] for n in ("victim", "derived", "unrelated", "bert", "gpt2")]
@@ -658,8 +657,8 @@ def test_a_snapshot_fingerprint_computes_on_the_bytes_it_verified(
 ) -> None:
     """`read_fingerprint(snapshot=True)` holds the bytes it hashed: a file replaced on disk
     afterwards changes nothing it computes (a fingerprint read from disk follows the file)."""
-    from reef_forensics.evidence import verify_fingerprint_snapshot
-    from reef_forensics.fingerprint import REPRESENTATIONS, read_fingerprint
+    from reef_forensics.evidence.verify import verify_fingerprint_snapshot
+    from reef_forensics.formats.fingerprint import REPRESENTATIONS, read_fingerprint
 
     folder = Path(shutil.copytree(signed_case.fingerprints["derived"], tmp_path / "fp"))
     checked, held = verify_fingerprint_snapshot(folder, trust_policies(signed_case)["ca"])

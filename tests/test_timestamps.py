@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from reef_forensics.cli import main
-from reef_forensics.config import load_config
+from reef_forensics.cli.main import main
+from reef_forensics.mlops.config import load_config
 
 from .conftest import SIGNED_CASE_PASSPHRASE, SignedCase
 from .test_report import nss_database, pdfsig, pyhanko_validate
@@ -343,11 +343,11 @@ def test_single_byte_changes_to_a_b_lta_report_are_all_detected(
 
     from pyhanko.pdf_utils.reader import PdfFileReader
 
+    from reef_forensics.crypto.keys import load_certificates
+    from reef_forensics.crypto.results import TrustPolicy
     from reef_forensics.errors import ReefError
-    from reef_forensics.keys import load_certificates
-    from reef_forensics.report_verification import verify_report
-    from reef_forensics.signing import TrustPolicy
-    from reef_forensics.timestamps import signed_end
+    from reef_forensics.report.timestamps import signed_end
+    from reef_forensics.report.verification import verify_report
 
     original = lta_report.read_bytes()
     certified, stamp = PdfFileReader(io.BytesIO(original)).embedded_signatures

@@ -13,11 +13,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reef_forensics import ProbeSet, fingerprint_model, neuron_test, read_fingerprint
-from reef_forensics.analysis import DecisionRule, calibrate, check, decide
-from reef_forensics.neuron_test import UnitsOutcome, compare_units, units_record_problem
-from reef_forensics.toy_models import make_model
-from reef_forensics.unit_matching import (
+from reef_forensics import ProbeSet, fingerprint_model, read_fingerprint
+from reef_forensics.analysis import neuron_test
+from reef_forensics.analysis.calibration import calibrate
+from reef_forensics.analysis.check import check
+from reef_forensics.analysis.neuron_test import UnitsOutcome, compare_units, units_record_problem
+from reef_forensics.analysis.verdict import DecisionRule, decide
+from reef_forensics.demo.toy_models import make_model
+from reef_forensics.similarity.unit_matching import (
     bonferroni_log10,
     coincidence_log10_p,
     correlations,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from reef_forensics.crypto.bundle import sign_directory
+from reef_forensics.crypto.keys import generate_keys, load_signer
 from reef_forensics.digests import canonical_json
-from reef_forensics.keys import generate_keys, load_signer
-from reef_forensics.signing import sign_directory
 
 DOC = Path(__file__).parent.parent / "docs" / "verify.md"
 PASSPHRASE = b"auditor test"
@@ -124,9 +124,9 @@ def test_the_documented_report_steps_verify_a_signed_report(
 ) -> None:
     """Section 9: pdfsig and pdfdetach on a real report, then steps 7 and 2 to 5 on the
     attached findings; and a report whose findings were swapped is caught."""
-    from reef_forensics.analysis import check
-    from reef_forensics.fingerprint import read_fingerprint
-    from reef_forensics.report import write_report
+    from reef_forensics.analysis.check import check
+    from reef_forensics.formats.fingerprint import read_fingerprint
+    from reef_forensics.report.render import write_report
 
     keys = generate_keys(tmp_path / "keys", PASSPHRASE)
     signer = load_signer(

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from reef_forensics.config import Config
-from reef_forensics.jobqueue import Job
-from reef_forensics.observability import configure_logging, log_event, serve_metrics
-from reef_forensics.worker import JobFailed, JobSkipped, Worker
-from reef_forensics.worker_ops import scrub, stop_signals
+from reef_forensics.mlops.config import Config
+from reef_forensics.mlops.jobqueue import Job
+from reef_forensics.mlops.observability import configure_logging, log_event, serve_metrics
+from reef_forensics.mlops.screener import JobFailed, JobSkipped
+from reef_forensics.mlops.worker import Worker
+from reef_forensics.mlops.worker_ops import scrub, stop_signals
 
 
 def log_lines(text: str) -> list[dict[str, Any]]:
@@ -42,7 +43,7 @@ def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Worker, lis
     queue.enqueue("model", "1")
     made = Worker(config, queue)
     tags: list[tuple[str, str]] = []
-    monkeypatch.setattr(made, "_tag", lambda name, version, key, value: tags.append((key, value)))
+    monkeypatch.setattr(made, "tag", lambda name, version, key, value: tags.append((key, value)))
     configure_logging()
     return made, tags
 

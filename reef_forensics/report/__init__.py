@@ -1,0 +1,2 @@
+"""The PDF report: rendering, charts, signing and timestamps, and its verification by
+re-rendering."""
