@@ -29,7 +29,7 @@ is right), each against two panels: *representative* (three other same-architect
 
 Pairs that share a model are not independent of each other, so the counts are a check of the
 null, not a precise rate; `--same` raises the number of models. The test suite runs this with
-defaults (tests/test_unit_matching.py); bench/README.md has the figures of a larger run.
+defaults (tests/analysis/test_unit_matching.py); bench/README.md has the figures of a larger run.
 """
 
 from __future__ import annotations

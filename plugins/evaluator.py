@@ -73,6 +73,7 @@ class ReefEvaluator(ModelEvaluator):
             )
             assert victim is not None and suspect_path is not None
             out = work / "out"
+            out.mkdir()
             certified = signer is not None and signer.certificate is not None
             case = run_case(
                 victim,

@@ -12,8 +12,7 @@ from reef_forensics import ProbeSet, fingerprint_model, load_probes
 from reef_forensics.crypto.bundle import sign_directory
 from reef_forensics.crypto.keys import GeneratedKeys, Signer, generate_keys, load_signer
 from reef_forensics.demo.toy_models import derive, make_model
-
-from .gguf_export import export_llama_gguf
+from tests.gguf_export import export_llama_gguf
 
 SIGNED_CASE_PASSPHRASE = b"passphrase of the signed case"
 
@@ -141,7 +140,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    from .leaks import find_leaks, known_passphrases, log_files
+    from tests.leaks import find_leaks, known_passphrases, log_files
 
     files = [(str(p), p.read_text(errors="replace")) for root in _basetemp for p in log_files(root)]
     leaks = find_leaks([*_outputs, *files], known_passphrases())

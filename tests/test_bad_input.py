@@ -30,8 +30,7 @@ from reef_forensics.cli.main import main
 from reef_forensics.crypto.bundle import sign_directory
 from reef_forensics.crypto.keys import generate_keys, load_signer
 from reef_forensics.mlops.jobqueue import JobQueue
-
-from .tls_certs import encrypt_key, make_server_certs
+from tests.tls_certs import encrypt_key, make_server_certs
 
 PASS = "bad-input-passphrase"
 REEF = str(Path(sys.executable).parent / "reef-forensics")

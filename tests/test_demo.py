@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .test_examples import BIN, run
+from tests.test_examples import BIN, run
 
 
 def test_the_demo_runs_to_its_summary_table(tmp_path: Path) -> None:

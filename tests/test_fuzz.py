@@ -47,9 +47,8 @@ from reef_forensics.mlops.jobqueue import JobQueue
 from reef_forensics.plugins.tls import server_context
 from reef_forensics.plugins.webhook import handle_delivery, make_server, signature
 from reef_forensics.report.render import load_evidence
-
-from .conftest import SignedCase
-from .tls_certs import make_server_certs
+from tests.conftest import SignedCase
+from tests.tls_certs import make_server_certs
 
 FUZZ = settings(
     max_examples=200,

@@ -17,8 +17,7 @@ import pytest
 
 from reef_forensics.cli.main import main
 from reef_forensics.demo.toy_models import derive, make_model
-
-from .test_mlflow import REEF, drain, register, start_server, tags
+from tests.mlops.test_mlflow import REEF, drain, register, start_server, tags
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "mlflow.md"
@@ -29,8 +28,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, probes: Any) -> Iterator[dict
     """A server with the store plugin, keys, a probe file under a server-local path, and the
     models: a victim, a derivative, three independent references."""
     from reef_forensics.crypto.keys import generate_keys
-
-    from .test_mlflow import PASS
+    from tests.mlops.test_mlflow import PASS
 
     mp = pytest.MonkeyPatch()
     mp.setenv("HF_HUB_OFFLINE", "1")

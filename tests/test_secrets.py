@@ -21,8 +21,7 @@ from reef_forensics.cli.main import main
 from reef_forensics.crypto.keys import generate_keys
 from reef_forensics.mlops.config import Config
 from reef_forensics.mlops.jobqueue import JobQueue
-
-from .leaks import find_leaks, known_passphrases, log_files
+from tests.leaks import find_leaks, known_passphrases, log_files
 
 SECRET_PASSPHRASE = "never-print-me-7Qx"
 

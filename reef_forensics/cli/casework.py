@@ -156,17 +156,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     from reef_forensics.casework import run_case
 
+    if args.resamples < 200:
+        raise BadInputError(f"--resamples must be at least 200, got {args.resamples}")
     signer = signer_from_args(args)
-    tsa = timestamping_from_args(args)
-    victim_is_model = _check_arguments(args, signer)
+    victim_is_model, tsa = _check_arguments(args, signer)
     probes = load_probes(args.probes) if victim_is_model else None
     with tempfile.TemporaryDirectory(prefix="reef-check-") as scratch:
         named = [identity_of(v) for v in (args.victim, args.suspect, *args.reference)]
-        _materialize_model_uris(args, Path(scratch))
+        victim, suspect, victim_model, merge_with, *references = _local(args, Path(scratch))
         case = run_case(
-            args.victim,
-            args.suspect,
-            args.reference,
+            victim,
+            suspect,
+            references,
             workdir=scratch,
             out=args.out,
             signer=signer,
@@ -177,8 +178,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             probes=probes,
             resamples=args.resamples,
             positive_controls=args.positive_controls,
-            victim_model=args.victim_model,
-            merge_with_model=args.merge_with,
+            victim_model=victim_model,
+            merge_with_model=merge_with,
             progress=show_progress(args),
             allow_pickle=args.allow_pickle,
             trust_remote_code=args.trust_remote_code,
@@ -186,12 +187,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
         )
     if case.findings_file is not None and signer is not None:
         # what a report's `verify --trust CA --evidence` will be given
-        given = [Path(p) for p in (args.victim, args.suspect, *args.reference)]
+        given = [Path(p) for p in (victim, suspect, *references)]
         warn_unverifiable(
             signer,
             case.findings_file.parent,
             [p for p in given if is_fingerprint(p)] if args.report else [],
-            attached=Path(args.victim),
+            attached=Path(victim),
         )
     record = case.findings.as_json()
     if emit(args.json, record):
@@ -199,17 +200,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_arguments(args: argparse.Namespace, signer: Signer | None) -> bool:
-    """Refuse what cannot work before the (long) check; whether the victim is a model."""
+def _check_arguments(
+    args: argparse.Namespace, signer: Signer | None
+) -> tuple[bool, Timestamping | None]:
+    """Refuse what cannot work before the (long) check; whether the victim is a model, and the
+    timestamp authority the report is to be timestamped by."""
     from reef_forensics.analysis.findings import check_findings_destination
     from reef_forensics.casework import check_report_target
 
-    if args.resamples < 200:
-        raise BadInputError(f"--resamples must be at least 200, got {args.resamples}")
     if args.report and (not args.out or signer is None or signer.certificate is None):
         raise BadInputError(
             "--report needs --out, --key and --cert (the report carries the signed findings)"
         )
+    tsa = timestamping_from_args(args)
     if (args.tsa or args.crl) and not args.report:
         raise BadInputError("--tsa and --crl timestamp a report: they need --report")
     if args.report:
@@ -228,7 +231,7 @@ def _check_arguments(args: argparse.Namespace, signer: Signer | None) -> bool:
             "--merge-with adds a positive control: it needs the victim model (--victim-model) "
             "and positive controls switched on"
         )
-    return victim_is_model
+    return victim_is_model, tsa
 
 
 def _check_text(record: dict[str, Any], case: Case, signed: bool, tsa: Timestamping | None) -> str:
@@ -257,17 +260,16 @@ def _check_text(record: dict[str, Any], case: Case, signed: bool, tsa: Timestamp
     return "\n".join(lines)
 
 
-def _materialize_model_uris(args: argparse.Namespace, scratch: Path) -> None:
-    """Replace every models:/NAME/VERSION argument by the version's files, downloaded from the
-    tracking server (--tracking-uri, else MLFLOW_TRACKING_URI)."""
+def _local(args: argparse.Namespace, scratch: Path) -> list[Any]:
+    """The victim, suspect, victim model, merge partner and references, each models:/NAME/VERSION
+    among them downloaded into ``scratch`` from the tracking server (--tracking-uri, else
+    MLFLOW_TRACKING_URI); the others as given."""
     values = [args.victim, args.suspect, args.victim_model, args.merge_with, *args.reference]
     if not any(v and v.startswith("models:/") for v in values):
-        return
+        return values
     from reef_forensics.mlops.registry import localize
 
-    local = localize(values, scratch, args.tracking_uri)
-    args.victim, args.suspect, args.victim_model, args.merge_with = local[:4]
-    args.reference = local[4:]
+    return list(localize(values, scratch, args.tracking_uri))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -251,6 +251,7 @@ class Screener:
         ]
         key = screen_key(label)
         folder = work / "screening" / key.removeprefix(SCREEN_PREFIX)
+        folder.mkdir(parents=True, exist_ok=True)
         certified = self.signer is not None and self.signer.certificate is not None
         case = run_case(  # findings for every verdict (`verify` checks tags), reports for two
             victim,

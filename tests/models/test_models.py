@@ -262,7 +262,7 @@ def test_a_gguf_files_add_bos_flag_reaches_the_tokenizer(
 ) -> None:
     """llama.cpp prepends BOS when the header says so; transformers' GGUF tokenizer ignores the
     flag, so loading applies it from the header checked at resolution."""
-    from .gguf_export import export_llama_gguf
+    from tests.gguf_export import export_llama_gguf
 
     (tmp_path / "g").mkdir()
     gguf = export_llama_gguf(zoo["victim"], tmp_path / "g" / "m.gguf", add_bos=add_bos)

@@ -51,9 +51,8 @@ from reef_forensics.report.record import (
 )
 from reef_forensics.report.render import pdf_from_html, render_html, signer_identity
 from reef_forensics.report.verification import verify_report
-
-from .conftest import SIGNED_CASE_PASSPHRASE as CASE_PASSPHRASE
-from .conftest import SignedCase
+from tests.conftest import SIGNED_CASE_PASSPHRASE as CASE_PASSPHRASE
+from tests.conftest import SignedCase
 
 SEED = 2026
 #: Changes per kind of evidence.

@@ -26,8 +26,7 @@ from reef_forensics.demo.toy_models import make_model
 from reef_forensics.mlops.config import load_config
 from reef_forensics.mlops.jobqueue import JobQueue
 from reef_forensics.mlops.worker import Worker
-
-from .tls_certs import make_server_certs
+from tests.tls_certs import make_server_certs
 
 PASS = "mlflow-test"
 MLFLOW = str(Path(sys.executable).parent / "mlflow")

@@ -19,8 +19,7 @@ from reef_forensics.formats.fingerprint import read_fingerprint
 from reef_forensics.formats.naming import registry_identity
 from reef_forensics.mlops.config import load_config
 from reef_forensics.mlops.fleet import screen_fleet
-
-from .test_mlflow import (  # noqa: F401
+from tests.mlops.test_mlflow import (  # noqa: F401
     deployment,
     offline,
     register,

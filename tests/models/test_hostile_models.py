@@ -36,8 +36,7 @@ from reef_forensics.formats.gguf_file import (
 )
 from reef_forensics.formats.safetensors_file import MAX_HEADER
 from reef_forensics.models.loading import resolve_model
-
-from .test_mlflow import deployment, offline  # noqa: F401  (fixtures: a real MLflow server)
+from tests.mlops.test_mlflow import deployment, offline  # noqa: F401  (fixtures: a real MLflow server)
 
 REEF = str(Path(sys.executable).parent / "reef-forensics")
 #: The most memory (bytes, traced by tracemalloc) refusing one hostile file may take.
@@ -809,8 +808,7 @@ def test_a_real_worker_survives_a_panicking_tokenizer_and_fails_the_job_at_once(
     from mlflow import MlflowClient
 
     from reef_forensics.mlops.jobqueue import JobQueue
-
-    from .test_mlflow import PASS, tags
+    from tests.mlops.test_mlflow import PASS, tags
 
     url = deployment["url"]
     client = MlflowClient(url, url)
@@ -908,7 +906,7 @@ def one_value_tensors(count: int) -> dict[str, Any]:
 
 def allocation_cases(zoo: dict[str, Path], root: Path) -> dict[str, tuple[Path, str]]:
     """name -> (hostile model, what its error line says)."""
-    from .gguf_export import export_llama_gguf
+    from tests.gguf_export import export_llama_gguf
 
     def deep_gguf() -> Path:
         folder = victim_with(zoo, root / "deep-src", num_hidden_layers=10_000)

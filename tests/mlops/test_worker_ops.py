@@ -1,6 +1,6 @@
 """The worker's operations side without an MLflow server: structured log lines per job, metrics
 and their endpoint, skipped versions, reasons without scratch paths, a stop signal mid-job.
-(tests/test_mlflow.py runs the same against a real server and a real worker process.)"""
+(tests/mlops/test_mlflow.py runs the same against a real server and a real worker process.)"""
 
 from __future__ import annotations
 

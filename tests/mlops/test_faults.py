@@ -24,8 +24,7 @@ from reef_forensics.mlops.config import Config, load_config
 from reef_forensics.mlops.jobqueue import JobQueue
 from reef_forensics.mlops.screener import REGISTRY_DOWN, registry_unreachable
 from reef_forensics.mlops.worker import Worker
-
-from .test_mlflow import (  # noqa: F401  (deployment and offline are fixtures used below)
+from tests.mlops.test_mlflow import (  # noqa: F401  (deployment and offline are fixtures used below)
     PASS,
     REEF,
     deployment,
@@ -179,7 +178,7 @@ def test_twenty_sigkills_during_a_registration_stream_lose_and_duplicate_nothing
     url, queue = site["url"], site["queue"]
     chance = random.Random(2026)
     # every kill counts as an attempt: with 3 allowed, a job killed 3 times would fail (the
-    # poison-pill rule, tests/test_jobqueue.py); here the kills are the test's, not the job's
+    # poison-pill rule, tests/mlops/test_jobqueue.py); here the kills are the test's, not the job's
     config = site["root"] / "reef-many-attempts.toml"
     config.write_text(site["config"].read_text().replace("max_attempts = 3", "max_attempts = 25"))
     versions: list[str] = []

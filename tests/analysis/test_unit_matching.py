@@ -30,7 +30,7 @@ from reef_forensics.similarity.unit_matching import (
     matching,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def views(rng: np.random.Generator, samples: int, units: int) -> tuple[np.ndarray, np.ndarray]:

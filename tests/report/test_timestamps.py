@@ -17,10 +17,9 @@ import pytest
 
 from reef_forensics.cli.main import main
 from reef_forensics.mlops.config import load_config
-
-from .conftest import SIGNED_CASE_PASSPHRASE, SignedCase
-from .test_report import nss_database, pdfsig, pyhanko_validate
-from .tsa import Authority, issue_tsa, load_ca, new_ca, serve_tsa, write_crl
+from tests.conftest import SIGNED_CASE_PASSPHRASE, SignedCase
+from tests.report.test_report import nss_database, pdfsig, pyhanko_validate
+from tests.tsa import Authority, issue_tsa, load_ca, new_ca, serve_tsa, write_crl
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +157,7 @@ def test_openssl_ts_verifies_the_document_timestamp(
     lta_report: Path, signed_case: SignedCase, tmp_path: Path
 ) -> None:
     """docs/verify.md section 10, as written: pdfsig -dump, the signed ranges, openssl ts."""
-    text = (Path(__file__).parent.parent / "docs" / "verify.md").read_text()
+    text = (Path(__file__).parents[2] / "docs" / "verify.md").read_text()
     (steps,) = re.findall(r"```sh-timestamp\n(.*?)```", text, re.S)
     env = {
         "REPORT": str(lta_report),

@@ -24,11 +24,10 @@ from reef_forensics.cli.main import main
 from reef_forensics.crypto.keys import CA_KEY, generate_keys
 from reef_forensics.demo.toy_models import derive, make_model
 from reef_forensics.mlops.jobqueue import JobQueue
-
-from .test_mlflow import PASS, REEF, start_server, tags, trusting, wait_for
-from .test_report import pyhanko_validate
-from .tls_certs import make_server_certs
-from .tsa import issue_tsa, load_ca, serve_tsa
+from tests.mlops.test_mlflow import PASS, REEF, start_server, tags, trusting, wait_for
+from tests.report.test_report import pyhanko_validate
+from tests.tls_certs import make_server_certs
+from tests.tsa import issue_tsa, load_ca, serve_tsa
 
 pytestmark = pytest.mark.slow
 SECRET = "webhook-s3cret"
