@@ -76,7 +76,7 @@ def main() -> None:
     from reef_forensics.formats.probes import load_probes
     from reef_forensics.mlops.jobqueue import JobQueue
     from reef_forensics.mlops.registry import register_model_folder
-    from tests.test_mlflow import start_server
+    from tests.mlops.test_mlflow import start_server
 
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
