@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reef_forensics.cli.output import PROG, warn
+from reef_forensics.cli.output import warn
 from reef_forensics.crypto.keys import (
     Signer,
     forget_passphrase,
@@ -79,7 +79,7 @@ def signer_from_args(args: argparse.Namespace) -> Signer | None:
     )
     forget_passphrase()  # read once: no child inherits it, /proc/PID/environ no longer shows it
     for warning in permission_warnings(key_path, args.passphrase_file):
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        warn(warning)
     return signer
 
 
