@@ -392,12 +392,13 @@ def check_row(
 ) -> dict[str, Any]:
     """One suspect checked against its victim: every test's p-value, and the verdict."""
     started = time.perf_counter()
-    findings = check(victim, suspect, panel, resamples=resamples).as_json()
+    record = check(victim, suspect, panel, resamples=resamples).record
+    findings = record.to_json()  # the row is JSON, as findings.json is
     seconds = time.perf_counter() - started
     tests = findings["tests"]
     layer = tests["layer"]
     units = findings.get("units_test") or {"ran": False, "skipped": "not in the findings"}
-    units_row: dict[str, Any] = {"ran": units["ran"], "p": units_p_text(findings)}
+    units_row: dict[str, Any] = {"ran": units["ran"], "p": units_p_text(record)}
     if units["ran"]:
         agreements = [a for a in map(block_agreement, units["blocks"]) if a is not None]
         units_row.update(
@@ -423,7 +424,7 @@ def check_row(
         else None,
         "units_test": units_row,
         "log10_p_value": findings.get("log10_p_value"),
-        "p": p_text(findings),
+        "p": p_text(record.p_value, record.log10_p_value),
         "panel_size": findings["panel_size"],
         "panel_units_log10_p": [
             r["units"].get("log10_p_value") for r in findings["references"] if "units" in r

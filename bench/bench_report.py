@@ -1,6 +1,6 @@
 """Report benchmark: how long rendering and signing a typical report takes, stage by stage.
 
-    make demo    # once: signed findings, fingerprints and keys in demo-output/
+    make quickstart    # once: signed findings, fingerprints and keys in quickstart-output/
     REEF_KEY_PASSPHRASE=demo-only-passphrase python bench/bench_report.py [--repeat 5]
 
 Stages, each timed over ``--repeat`` runs in one process (the first run also pays imports and
@@ -35,7 +35,9 @@ def timed(function: Any, *args: Any) -> tuple[float, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", default="demo-output", help="the quick start's output folder")
+    parser.add_argument(
+        "--demo", default="quickstart-output", help="the quick start's output folder"
+    )
     parser.add_argument("--suspect", default="suspect-derived")
     parser.add_argument(
         "--findings", help="another signed findings directory (default: the demo's)"
@@ -70,12 +72,12 @@ def main() -> None:
         t_charts, _ = timed(
             lambda record: (
                 charts.heatmap(
-                    record["per_layer"]["matrix"],
-                    record["per_layer"]["layers_victim"],
-                    record["per_layer"]["layers_suspect"],
-                    [0] * len(record["per_layer"]["layers_victim"]),
+                    record.per_layer.matrix,
+                    record.per_layer.layers_victim,
+                    record.per_layer.layers_suspect,
+                    [0] * len(record.per_layer.layers_victim),
                 ),
-                charts.stability(record["stability"]),
+                charts.stability(record.stability),
             ),
             evidence.record,
         )
@@ -100,7 +102,7 @@ def main() -> None:
                 {
                     "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
                     "findings": str(findings),
-                    "layers": len(evidence.record["per_layer"]["layers_victim"]),
+                    "layers": len(evidence.record.per_layer.layers_victim),
                     "repeat": args.repeat,
                     "cold_seconds": cold,
                     "median_seconds": median,

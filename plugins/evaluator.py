@@ -27,6 +27,8 @@ from typing import Any
 
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
+from reef_forensics.formats.json_records import present
+
 
 class ReefEvaluator(ModelEvaluator):
     @classmethod
@@ -89,19 +91,18 @@ class ReefEvaluator(ModelEvaluator):
                 victim_model=victim_model,
             )
             client.log_artifacts(run_id, str(out), artifact_path="reef")
-        record = case.findings.as_json()
-        metrics = {"reef_score": record["score"]}
-        if record["p_value"] is not None:
-            metrics["reef_p_value"] = record["p_value"]
-        if record.get("log10_p_value") is not None:  # p-values below a double's range
-            metrics["reef_log10_p_value"] = record["log10_p_value"]
-        units = record.get("units_test") or {}
-        if units.get("ran"):
-            metrics["reef_units_log10_p_value"] = units["log10_p_value"]
+        record = case.findings.record
+        units = present(record.units_test)
+        measured = {
+            "reef_score": record.score,
+            "reef_p_value": record.p_value,
+            "reef_log10_p_value": present(record.log10_p_value),  # below a double's range
+            "reef_units_log10_p_value": present(units.log10_p_value) if units else None,
+        }
+        metrics = {name: value for name, value in measured.items() if value is not None}
         for name, value in metrics.items():
-            if value is not None:
-                client.log_metric(run_id, name, value)
-        client.set_tag(run_id, "reef.verdict", record["verdict"])
+            client.log_metric(run_id, name, value)
+        client.set_tag(run_id, "reef.verdict", record.verdict)
         return EvaluationResult(metrics=metrics, artifacts={}, run_id=run_id)
 
 

@@ -6,6 +6,10 @@ The public Python API (the CLI and the MLflow plugins are thin adapters over it)
 - `fingerprint_model`: a model on disk -> a fingerprint directory.
 - `read_fingerprint` / `Fingerprint`: open and integrity-check a fingerprint.
 - `compare_fingerprints` / `Comparison`: the layer-by-layer CKA between two fingerprints.
+- `run_case` / `Case`: a check, its signed findings and its report, written together.
+- `FindingsRecord`: the findings, typed (frozen dataclasses; `from_json` checks every field's
+  type, `to_json` gives the same canonical bytes back).
+- `sign_evidence` / `verify_evidence` / `TrustPolicy`: sign and verify evidence directories.
 - `CkaMethod` and the pure functions in `reef_forensics.similarity.cka`.
 - `ReefError` and its subclasses: every error raised on purpose.
 
@@ -29,6 +33,7 @@ from reef_forensics.errors import (
     ProbeSetError,
     ReefError,
 )
+from reef_forensics.formats.findings_record import FindingsRecord
 from reef_forensics.formats.fingerprint import Fingerprint, read_fingerprint
 from reef_forensics.formats.probes import ProbeSet, load_probes
 from reef_forensics.similarity.cka import CkaMethod
@@ -60,6 +65,7 @@ __all__ = [
     "Comparison",
     "ComparisonError",
     "ExtractionError",
+    "FindingsRecord",
     "Fingerprint",
     "FingerprintError",
     "ModelLoadError",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reef_forensics import read_fingerprint
+from reef_forensics import FindingsRecord, read_fingerprint
 from reef_forensics.casework import run_case
 from reef_forensics.crypto.keys import load_signer
 from reef_forensics.errors import BadInputError, KeyMaterialError
@@ -38,6 +38,8 @@ def test_findings_and_report_come_from_the_same_check(
     assert case.findings.verdict == "derived"
     assert case.findings_file == tmp_path / "findings" / "findings.json"
     assert json.loads(case.findings_file.read_bytes()) == case.findings.as_json()
+    again = FindingsRecord.from_json(json.loads(case.findings_file.read_bytes()))
+    assert again == case.findings.record  # the typed record written is the one read back
     assert (tmp_path / "findings" / "model.sig").is_file()
     assert case.report == tmp_path / "report.pdf" and case.report.read_bytes()[:5] == b"%PDF-"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["findings", "report.pdf"]  # no staging

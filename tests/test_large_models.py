@@ -284,7 +284,7 @@ def test_fingerprints_with_the_same_selection_compare_and_check(selected: dict[s
     comparison = compare_fingerprints(victim, derived)
     assert comparison.layers_a == comparison.layers_b == ["embeddings", "block_2", "block_3"]
     findings = check(victim, derived, [unrelated], resamples=20)
-    assert findings.record["per_layer"]["layers_victim"] == victim.layers
+    assert list(findings.record.per_layer.layers_victim) == victim.layers
 
 
 def test_different_selections_are_refused_with_a_clear_error(

@@ -37,8 +37,10 @@ from reef_forensics.analysis.verdict import (
     decide,
 )
 from reef_forensics.errors import ComparisonError
+from reef_forensics.formats.findings_record import FindingsRecord, UnitsTest
 from reef_forensics.formats.fingerprint import EMBEDDINGS_LAYER, Fingerprint
 from reef_forensics.formats.fingerprint_writer import created_timestamp
+from reef_forensics.formats.json_records import decode
 from reef_forensics.formats.measurement import layer_selection_mismatch
 from reef_forensics.similarity.alignment import monotone_alignment
 from reef_forensics.similarity.cka import (
@@ -170,7 +172,7 @@ def check(
         findings_version,
     )
     units = measured.units_record
-    outcome = UnitsOutcome.from_record(units) if units is not None else None
+    outcome = UnitsOutcome.from_record(decode(UnitsTest, units)) if units is not None else None
     verdict, reasons = decide(calibration, chosen_rule, blocks, outcome, findings_version)
     identical = victim.model_digest == suspect.model_digest
     if identical:
@@ -212,7 +214,9 @@ def check(
     }
     if units is not None:
         record["units_test"] = {**units, "statistic": UNITS_STATISTIC}
-    return Findings(record)
+    # read back through the typed record, as verify reads it: a record check could not read is
+    # never written, let alone signed
+    return Findings(FindingsRecord.from_json(record))
 
 
 def _check_comparable(

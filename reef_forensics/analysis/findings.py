@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reef_forensics.digests import canonical_json
 from reef_forensics.errors import BadInputError
+from reef_forensics.formats.findings_record import FindingsRecord
 from reef_forensics.formats.fingerprint_writer import replace_directory
 
 if TYPE_CHECKING:
@@ -42,9 +43,10 @@ def check_findings_destination(folder: Path, *, overwrite: bool) -> None:
 
 @dataclass
 class Findings:
-    """Everything `check` measured, and the verdict; `as_json` is the signed record."""
+    """Everything `check` measured, and the verdict (`record`, typed); `as_json` is what is
+    signed."""
 
-    record: dict[str, Any] = field(default_factory=dict)
+    record: FindingsRecord
 
     def write(
         self, out: str | os.PathLike[str], *, signer: Signer | None = None, overwrite: bool = False
@@ -59,7 +61,7 @@ class Findings:
         )
         try:
             staging.chmod(0o755)  # mkdtemp makes it private; findings are meant to be read
-            (staging / FINDINGS_FILE).write_bytes(canonical_json(self.record))
+            (staging / FINDINGS_FILE).write_bytes(canonical_json(self.record.to_json()))
             if signer is not None:
                 from reef_forensics.crypto.bundle import sign_directory
 
@@ -71,11 +73,11 @@ class Findings:
 
     @property
     def verdict(self) -> str:
-        return str(self.record["verdict"])
+        return self.record.verdict
 
     @property
-    def score(self) -> float:
-        return float(self.record["score"])
+    def score(self) -> float | None:
+        return self.record.score
 
     def as_json(self) -> dict[str, Any]:
-        return self.record
+        return self.record.to_json()

@@ -16,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from reef_forensics.formats.findings_record import UnitsBlock, UnitsTest
 from reef_forensics.formats.fingerprint import EMBEDDINGS_LAYER, Fingerprint
+from reef_forensics.formats.json_records import Absent, present
 from reef_forensics.similarity.unit_matching import (
     DEFAULT_MAX_ROWS,
     BlockMatch,
@@ -142,19 +144,17 @@ class UnitsOutcome:
     best_log10_p: float = 0.0
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> UnitsOutcome:
-        """Raises KeyError, TypeError or ValueError for a malformed record."""
-        if record["ran"] is not True:
-            if not isinstance(record["skipped"], str):
+    def from_record(cls, record: UnitsTest) -> UnitsOutcome:
+        """Raises TypeError or ValueError for a record that states no usable test."""
+        if record.ran is not True:
+            if not isinstance(record.skipped, str):
                 raise TypeError("a skipped units test needs its reason")
-            return cls(ran=False, skipped=record["skipped"])
+            return cls(ran=False, skipped=record.skipped)
         logs = []
         bests = []
         agreements = []
-        for block in record["blocks"]:
-            counts = [block[k] for k in ("agreed", "matched", "candidates")]
-            if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
-                raise TypeError("a block's agreed, matched and candidate units must be counts")
+        for block in _blocks(record):
+            counts = [block.agreed, block.matched, block.candidates]
             logs.append(coincidence_log10_p(*counts))
             bests.append(coincidence_log10_p(counts[1], counts[1], counts[2]))
             if counts[1]:
@@ -184,28 +184,28 @@ class UnitsOutcome:
         )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _blocks(record: UnitsTest) -> tuple[UnitsBlock, ...]:
+    if isinstance(record.blocks, Absent):
+        raise ValueError("a units test that ran states its blocks")
+    return record.blocks
 
 
-def units_record_problem(record: dict[str, Any]) -> str | None:
+def units_record_problem(record: UnitsTest) -> str | None:
     """Whether a recorded test's p-values are what its rank correlations give (None: they are).
-    Raises KeyError or TypeError for a malformed record."""
-    if record["ran"] is not True:
+    Raises ValueError for a test that ran without blocks."""
+    if record.ran is not True:
         return None
     logs = []
-    for block in record["blocks"]:
-        expected = coincidence_log10_p(block["agreed"], block["matched"], block["candidates"])
-        if not _is_number(block["log10_p"]) or not math.isclose(
-            float(block["log10_p"]), expected, rel_tol=1e-9, abs_tol=1e-12
-        ):
-            return f"units_test: block {block['layer_a']}'s p-value does not follow from its counts"
+    for block in _blocks(record):
+        expected = coincidence_log10_p(block.agreed, block.matched, block.candidates)
+        if not math.isclose(block.log10_p, expected, rel_tol=1e-9, abs_tol=1e-12):
+            return f"units_test: block {block.layer_a}'s p-value does not follow from its counts"
         logs.append(expected)
-    combined = record["log10_p_value"]
+    combined = present(record.log10_p_value)
     if (
-        not _is_number(combined)
-        or not math.isclose(float(combined), bonferroni_log10(logs), rel_tol=1e-9, abs_tol=1e-12)
-        or record["blocks_compared"] != len(logs)
+        combined is None
+        or not math.isclose(combined, bonferroni_log10(logs), rel_tol=1e-9, abs_tol=1e-12)
+        or present(record.blocks_compared) != len(logs)
     ):
         return "units_test: the combined p-value does not follow from the blocks'"
     return None

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reef_forensics.analysis.neuron_test import UnitsOutcome
+from reef_forensics.formats.findings_record import FindingsRecord, RuleRecord
+from reef_forensics.formats.json_records import Absent, present
 from reef_forensics.similarity.statistics import (
     CombinedCalibration,
 )
@@ -55,12 +57,15 @@ class DecisionRule:
             raise ValueError("the margin cannot be negative")
 
     @classmethod
-    def from_json(cls, recorded: dict[str, Any]) -> DecisionRule:
-        """The rule a findings record states (its ``as_json``; the text is not an input).
-        TypeError or ValueError when the record states no usable rule."""
-        if not isinstance(recorded, dict):
-            raise TypeError("the decision rule is not an object")
-        return cls(**{k: v for k, v in recorded.items() if k != "text"})
+    def from_record(cls, recorded: RuleRecord) -> DecisionRule:
+        """The rule a findings record states (the text is not an input); ValueError when the
+        record states no usable rule."""
+        return cls(
+            alpha=recorded.alpha,
+            unrelated_alpha=recorded.unrelated_alpha,
+            margin=recorded.margin,
+            min_references=recorded.min_references,
+        )
 
     def as_json(self, version: int = FINDINGS_VERSION) -> dict[str, Any]:
         if version >= 4:
@@ -111,22 +116,24 @@ def format_p(p: float) -> str:
     return "< 1e-16" if p < 1e-16 else f"{p:.2g}"
 
 
-def p_text(record: dict[str, Any]) -> str:
-    """A findings record's combined p-value for people ("n/a" when there is none): from its
-    log10 (version 3), so that p-values below a double's range still print."""
-    if record.get("log10_p_value") is not None:
-        return format_log10_p(float(record["log10_p_value"]))
-    return "n/a" if record.get("p_value") is None else format_p(float(record["p_value"]))
+def p_text(p_value: float | None, log10_p_value: float | Absent | None = None) -> str:
+    """A combined p-value for people ("n/a" when there is none): from its log10 (findings of
+    version 3 on), so that p-values below a double's range still print."""
+    log10_p = present(log10_p_value)
+    if log10_p is not None:
+        return format_log10_p(log10_p)
+    return "n/a" if p_value is None else format_p(p_value)
 
 
-def units_p_text(record: dict[str, Any]) -> str:
+def units_p_text(record: FindingsRecord) -> str:
     """The neuron-matching test's combined p-value for people, or why it did not run."""
-    units = record.get("units_test")
+    units = present(record.units_test)
     if units is None:
         return "n/a"
-    if not units["ran"]:
+    log10_p = present(units.log10_p_value)
+    if not units.ran or log10_p is None:
         return "not run"
-    return format_log10_p(float(units["log10_p_value"]))
+    return format_log10_p(log10_p)
 
 
 def _range(values: Sequence[float]) -> str:

@@ -25,6 +25,7 @@ from reef_forensics.crypto.keys import (
 )
 from reef_forensics.crypto.results import TrustPolicy
 from reef_forensics.errors import BadInputError
+from reef_forensics.formats.findings_record import FindingsRecord
 from reef_forensics.formats.fingerprint import is_fingerprint
 from reef_forensics.formats.naming import identity_of
 from reef_forensics.formats.probes import DEFAULT_SPEC, load_probes
@@ -194,9 +195,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             [p for p in given if is_fingerprint(p)] if args.report else [],
             attached=Path(victim),
         )
-    record = case.findings.as_json()
-    if emit(args.json, record):
-        print(_check_text(record, case, signer is not None, tsa))
+    if emit(args.json, case.findings.as_json()):
+        print(_check_text(case.findings.record, case, signer is not None, tsa))
     return 0
 
 
@@ -234,21 +234,22 @@ def _check_arguments(
     return victim_is_model, tsa
 
 
-def _check_text(record: dict[str, Any], case: Case, signed: bool, tsa: Timestamping | None) -> str:
+def _check_text(record: FindingsRecord, case: Case, signed: bool, tsa: Timestamping | None) -> str:
     """What `check` prints: the verdict, its numbers and reasons, and what was written."""
     from reef_forensics.analysis.verdict import p_text, units_p_text
 
+    p = p_text(record.p_value, record.log10_p_value)
     lines = [
-        f"VERDICT: {record['verdict']}",
-        f"score {record['score']:.4f} ({record['statistic']})"
-        if record["score"] is not None
+        f"VERDICT: {record.verdict}",
+        f"score {record.score:.4f} ({record.statistic})"
+        if record.score is not None
         else "score: undefined",
-        f"p-value {p_text(record)} (every test, corrected), CKA calibrated on "
-        f"{record['panel_size']} reference model(s)"
-        if record["p_value"] is not None or record.get("log10_p_value") is not None
-        else f"p-value: none ({record['p_value_reason']})",
+        f"p-value {p} (every test, corrected), CKA calibrated on "
+        f"{record.panel_size} reference model(s)"
+        if p != "n/a"
+        else f"p-value: none ({record.p_value_reason})",
         f"neuron matching: p {units_p_text(record)}",
-        *[f"  {reason}" for reason in record["reasons"]],
+        *[f"  {reason}" for reason in record.reasons],
     ]
     if case.report is not None:
         lines.append(f"report: {case.report} (signed PDF{level_text(tsa)})")

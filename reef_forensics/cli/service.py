@@ -212,7 +212,7 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
             f"models), on {result.workers} CPU(s) in {result.seconds:.1f} s"
         ]
         for s in result.screenings:
-            p = p_text({"p_value": s.p_value, "log10_p_value": s.log10_p_value})
+            p = p_text(s.p_value, s.log10_p_value)
             score = "n/a" if s.score is None else f"{s.score:.4f}"
             lines.append(f"  {s.suspect} vs {s.victim}: {s.verdict} score={score} p={p}")
         lines += [f"  FAILED {label}: {reason}" for label, reason in result.failed.items()]

@@ -16,7 +16,9 @@ from typing import Any
 
 from reef_forensics.analysis.check import check
 from reef_forensics.analysis.verdict import DecisionRule
+from reef_forensics.formats.findings_record import FindingsRecord
 from reef_forensics.formats.fingerprint import Fingerprint
+from reef_forensics.formats.json_records import Absent, encode
 
 TOLERANCE = 1e-9
 #: Fields that say when and by what the record was made, not what was measured.
@@ -36,7 +38,7 @@ class Recomputation:
 
 
 def recompute(
-    record: dict[str, Any], fingerprints: Sequence[Fingerprint], tolerance: float = TOLERANCE
+    record: FindingsRecord, fingerprints: Sequence[Fingerprint], tolerance: float = TOLERANCE
 ) -> Recomputation:
     by_digest = {fp.digest: fp for fp in fingerprints}
     outcome = Recomputation()
@@ -47,37 +49,38 @@ def recompute(
             outcome.missing.append(f"{role} ({digest})")
         return found
 
-    victim = need("the victim", record["victim"]["digest"])
-    suspect = need("the suspect", record["suspect"]["digest"])
+    victim = need("the victim", record.victim.digest)
+    suspect = need("the suspect", record.suspect.digest)
     references = [
-        need(f"reference {i + 1} {r['name']}", r["digest"])
-        for i, r in enumerate(record["references"])
+        need(f"reference {i + 1} {r.name}", r.digest) for i, r in enumerate(record.references)
     ]
     controls = []
-    for row in record["controls"]["positive"]:
-        if "digest" not in row:
+    for row in record.controls.positive:
+        if isinstance(row.digest, Absent):
             continue
-        if row["digest"] in by_digest:
-            controls.append((row["name"], by_digest[row["digest"]]))
+        if row.digest in by_digest:
+            controls.append((row.name, by_digest[row.digest]))
         else:
-            outcome.not_recomputed.append(row["name"])
+            outcome.not_recomputed.append(row.name)
     if victim is None or suspect is None or any(r is None for r in references):
         return outcome
-    rule = DecisionRule.from_json(record["decision_rule"])
-    method = record["stability_method"]
+    method = record.stability_method
     again = check(
         victim,
         suspect,
         [r for r in references if r is not None],
         positive_controls=controls,
-        skipped_positive_controls=record["controls"]["positive_skipped"],
-        positive_skips=[row for row in record["controls"]["positive"] if "skipped" in row],
-        rule=rule,
-        resamples=int(method["resamples"]),
-        seed=int(method.get("seed", 0)),
-        findings_version=int(record["format_version"]),
+        skipped_positive_controls=record.controls.positive_skipped,
+        positive_skips=[
+            encode(row) for row in record.controls.positive if not isinstance(row.skipped, Absent)
+        ],
+        rule=DecisionRule.from_record(record.decision_rule),
+        resamples=method.resamples,
+        seed=method.seed,
+        findings_version=record.format_version,
     ).as_json()
-    expected = {k: v for k, v in record.items() if k not in NOT_MEASURED}
+    recorded = record.to_json()
+    expected = {k: v for k, v in recorded.items() if k not in NOT_MEASURED}
     computed = {k: v for k, v in again.items() if k not in NOT_MEASURED}
     if outcome.not_recomputed:  # compare only the controls that were recomputed
         names = {name for name, _ in controls}

@@ -38,7 +38,7 @@ from reef_forensics.digests import canonical_json
 from reef_forensics.errors import FingerprintError, SignatureError, first_line
 from reef_forensics.evidence.recompute import Differences
 from reef_forensics.files import parse_json
-from reef_forensics.formats.findings_types import findings_type_problem
+from reef_forensics.formats.findings_record import FindingsRecord
 from reef_forensics.formats.fingerprint import (
     EMBEDDINGS_LAYER,
     FILES,
@@ -47,6 +47,7 @@ from reef_forensics.formats.fingerprint import (
     is_fingerprint,
     read_fingerprint,
 )
+from reef_forensics.formats.json_records import Absent, RecordTypeError
 
 
 def _fingerprint_consistency(
@@ -120,71 +121,75 @@ def verify_fingerprint_snapshot(
 def _findings_consistency(folder: Path, result: VerificationResult) -> None:
     raw = (folder / FINDINGS_FILE).read_bytes()
     try:
-        record = parse_json(raw)
+        parsed = parse_json(raw)
         problem = None
-        if not isinstance(record, dict) or record.get("format") != FINDINGS_FORMAT:
+        if not isinstance(parsed, dict) or parsed.get("format") != FINDINGS_FORMAT:
             problem = f"{FINDINGS_FILE} is not a reef-forensics findings record"
-        elif record.get("format_version") not in READABLE_FINDINGS:
-            problem = f"{FINDINGS_FILE} has format version {record.get('format_version')!r}"
-        elif canonical_json(record) != raw:
+        elif parsed.get("format_version") not in READABLE_FINDINGS:
+            problem = f"{FINDINGS_FILE} has format version {parsed.get('format_version')!r}"
+        elif canonical_json(parsed) != raw:
             problem = f"{FINDINGS_FILE} is not in canonical form"
-        elif wrong_type := findings_type_problem(record):  # "0.5" is no number
-            problem = f"{FINDINGS_FILE}: {wrong_type}"
-        elif record.get("verdict") not in VERDICTS:
-            problem = f"{FINDINGS_FILE} has no known verdict"
-        elif not all(_names_by_digest(record.get(role)) for role in ("victim", "suspect")):
-            problem = f"{FINDINGS_FILE} does not name its victim and suspect fingerprints by digest"
         else:
-            problem = _verdict_problem(record)
+            record = FindingsRecord.from_json(parsed)  # "0.5" is no number
+            if canonical_json(record.to_json()) != raw:  # what is computed on is what is signed
+                problem = f"{FINDINGS_FILE} does not read back as the record it is"
+            elif record.verdict not in VERDICTS:
+                problem = f"{FINDINGS_FILE} has no known verdict"
+            elif not all(_is_digest(m.digest) for m in (record.victim, record.suspect)):
+                problem = (
+                    f"{FINDINGS_FILE} does not name its victim and suspect fingerprints by digest"
+                )
+            else:
+                problem = _verdict_problem(record)
+    except RecordTypeError as exc:
+        problem = f"{FINDINGS_FILE}: {exc}"
     except ValueError:
         problem = f"{FINDINGS_FILE} is not valid JSON"
     result.add(
         "findings consistency",
         problem is None,
         problem
-        or f"a canonical findings record, version {record['format_version']}, whose verdict and "
+        or f"a canonical findings record, version {parsed['format_version']}, whose verdict and "
         "p-values follow from its recorded scores, reference scores, rank correlations and "
         "decision rule",
     )
 
 
-def _names_by_digest(described: Any) -> bool:
-    """A record's victim or suspect: an object with the fingerprint's ``sha256:`` digest (what
-    reports and recomputation look the fingerprint up by)."""
-    return isinstance(described, dict) and _is_digest(described.get("digest"))
-
-
 def _is_digest(value: Any) -> bool:
+    """A fingerprint's ``sha256:`` digest (what reports and recomputation look it up by)."""
     return isinstance(value, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", value) is not None
 
 
-def _verdict_problem(record: dict[str, Any]) -> str | None:
+def _verdict_problem(record: FindingsRecord) -> str | None:
     """Re-apply the recorded decision rule to the recorded numbers: the verdict, p-values and
     tests must be what they give. (Recomputing the numbers themselves needs the fingerprints.)"""
     try:
-        rule = DecisionRule.from_json(record["decision_rule"])
-        aligned = [a for a in record["per_layer"]["alignment"] if a["layer_a"] != EMBEDDINGS_LAYER]
-        blocks = [a["layer_a"] for a in aligned]
+        rule = DecisionRule.from_record(record.decision_rule)
+        aligned = [a for a in record.per_layer.alignment if a.layer_a != EMBEDDINGS_LAYER]
+        blocks = [a.layer_a for a in aligned]
         calibration = calibrate(
-            record["score"],
-            [a["score"] for a in aligned],
-            [(r["score"], r["block_scores"]) for r in record["references"]],
-            record["format_version"],
+            record.score,
+            [a.score for a in aligned],
+            [(r.score, r.block_scores) for r in record.references],
+            record.format_version,
         )
         units = None
-        if record["format_version"] >= 3:
-            units = UnitsOutcome.from_record(record["units_test"])
-            problem = units_record_problem(record["units_test"])
+        if record.format_version >= 3:
+            if isinstance(record.units_test, Absent):
+                raise ValueError("units_test is missing")
+            units = UnitsOutcome.from_record(record.units_test)
+            problem = units_record_problem(record.units_test)
             if problem:
                 return f"{FINDINGS_FILE}: {problem}"
-    except (KeyError, TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:
         return f"{FINDINGS_FILE} lacks the numbers its verdict rests on ({first_line(exc)})"
-    verdict, _ = decide(calibration, rule, blocks, units, record["format_version"])
-    if verdict != record["verdict"]:
-        return f"{FINDINGS_FILE} says {record['verdict']!r}, but its own numbers and rule give {verdict!r}"
+    verdict, _ = decide(calibration, rule, blocks, units, record.format_version)
+    if verdict != record.verdict:
+        return f"{FINDINGS_FILE} says {record.verdict!r}, but its own numbers and rule give {verdict!r}"
+    recorded = record.to_json()
     for field, value in calibration_record(calibration, blocks, units).items():
-        if Differences(rel_tol=1e-9, abs_tol=1e-300).compare(record.get(field), value):
-            return f"{FINDINGS_FILE}: {field} {record.get(field)!r} does not follow from the recorded scores"
+        if Differences(rel_tol=1e-9, abs_tol=1e-300).compare(recorded.get(field), value):
+            return f"{FINDINGS_FILE}: {field} {recorded.get(field)!r} does not follow from the recorded scores"
     return None
 
 

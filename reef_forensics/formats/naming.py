@@ -15,6 +15,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from reef_forensics.formats.findings_record import FindingsRecord
+from reef_forensics.formats.json_records import Absent, encode
+
 _REGISTERED_NAME = re.compile(r"[^/\x00-\x1f]{1,256}")
 _VERSION = re.compile(r"[1-9][0-9]{0,9}")
 
@@ -95,13 +98,13 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text) or "model"
 
 
-def reproduction(record: Mapping[str, Any]) -> list[str]:
+def reproduction(record: FindingsRecord) -> list[str]:
     """The commands that reproduce a case from its findings: get each model's fingerprint (a
     registered version's published one, or a local model fingerprinted on the case's probe
     set), check, and verify the report with every number recomputed. Long commands are
     continued on the next line with a backslash, as a shell reads them."""
-    models = [record["victim"], record["suspect"], *record["references"]]
-    probes = probe_label(str(record["probes"].get("name", "")))
+    models = [encode(m) for m in (record.victim, record.suspect, *record.references)]
+    probes = probe_label(record.probes.name)
     commands: list[list[str]] = []
     for model in models:
         folder = fingerprint_folder(model)
@@ -113,12 +116,13 @@ def reproduction(record: Mapping[str, Any]) -> list[str]:
             commands.append(
                 ["reef-forensics", "fingerprint", name, "--out", folder, "--probes", probes]
             )
-    check = ["reef-forensics", "check", "--victim", fingerprint_folder(record["victim"])]
-    check += ["--suspect", fingerprint_folder(record["suspect"])]
-    for reference in record["references"]:
+    victim, suspect, *references = models
+    check = ["reef-forensics", "check", "--victim", fingerprint_folder(victim)]
+    check += ["--suspect", fingerprint_folder(suspect)]
+    for reference in references:
         check += ["--reference", fingerprint_folder(reference)]
-    check += ["--resamples", str(record["stability_method"]["resamples"])]
-    if not any("score" in row for row in record["controls"]["positive"]):
+    check += ["--resamples", str(record.stability_method.resamples)]
+    if all(isinstance(row.score, Absent) for row in record.controls.positive):
         check.append("--no-positive-controls")
     commands.append([*check, "--out", "findings"])
     verify = ["reef-forensics", "verify", "report.pdf", "--trust", "CA_CERT", "--evidence"]

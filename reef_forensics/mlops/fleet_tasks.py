@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from reef_forensics.errors import ReefError, first_line
+from reef_forensics.formats.json_records import present
 from reef_forensics.mlops.config import Config
 from reef_forensics.mlops.jobqueue import Job
 from reef_forensics.mlops.registry import (
@@ -206,9 +207,9 @@ def _screen(
         return {"error": f"screening against {victim_label}: {first_line(exc)}"}
     return {
         "error": None,
-        "verdict": record["verdict"],
-        "score": record["score"],
-        "p_value": record["p_value"],
-        "log10_p_value": record.get("log10_p_value"),
-        "references": record["panel_size"],
+        "verdict": record.verdict,
+        "score": record.score,
+        "p_value": record.p_value,
+        "log10_p_value": present(record.log10_p_value),
+        "references": record.panel_size,
     }

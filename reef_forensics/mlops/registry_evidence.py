@@ -155,8 +155,10 @@ def _verify_screenings(
     version: Any, folder: Path, suspect_digest: str, trust: TrustPolicy, result: VerificationResult
 ) -> None:
     """Each screening tag against its signed findings, and no signed findings without a tag."""
+    from reef_forensics.analysis.findings import FINDINGS_FILE
     from reef_forensics.evidence.verify import verify_evidence
     from reef_forensics.files import parse_json
+    from reef_forensics.formats.findings_record import FindingsRecord
 
     tags = {k: v for k, v in version.tags.items() if k.startswith(SCREEN_PREFIX)}
     signed = {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
@@ -171,18 +173,15 @@ def _verify_screenings(
         result.merge(check, f"screening {victim}")
         if not check.valid:
             continue
-        record = parse_json((findings / "findings.json").read_bytes())
+        record = FindingsRecord.from_json(parse_json((findings / FINDINGS_FILE).read_bytes()))
         words = value.split()
+        signed_text = f"{record.verdict} score={record.score:.4f}"
         agrees = (
             bool(words)
-            and words[0] == record["verdict"]
-            and f"score={record['score']:.4f}" in words
-            and record["suspect"]["digest"] == suspect_digest
+            and words[0] == record.verdict
+            and f"score={record.score:.4f}" in words
+            and record.suspect.digest == suspect_digest
         )
-        result.add(
-            where,
-            agrees,
-            f"{value!r}; signed findings: {record['verdict']} score={record['score']:.4f}",
-        )
+        result.add(where, agrees, f"{value!r}; signed findings: {signed_text}")
     for victim in sorted(signed - {k.removeprefix(SCREEN_PREFIX) for k in tags}):
         result.add(f"screening {victim}", False, "signed findings with no tag on the version")

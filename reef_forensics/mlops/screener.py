@@ -14,6 +14,7 @@ from reef_forensics.errors import (
     ReefError,
     first_line,
 )
+from reef_forensics.formats.findings_record import FindingsRecord
 from reef_forensics.formats.naming import registry_identity
 from reef_forensics.mlops.config import Config
 from reef_forensics.mlops.jobqueue import Job
@@ -235,12 +236,12 @@ class Screener:
         references: list[Any],
         work: Path,
         base: str = "",
-    ) -> dict[str, Any]:
+    ) -> FindingsRecord:
         """Check the suspect (the job's version) against one victim, calibrated on the
         references that are neither of the two models; tag ``reef.screen.VICTIM.vN`` with the
         verdict, log the signed findings under ``screening/VICTIM.vN/`` of the evidence run
         (``run_id``), and for `derived` or `inconclusive` the signed report too (given a
-        certificate). Returns the findings as JSON."""
+        certificate). Returns the findings."""
         from reef_forensics.analysis.verdict import DecisionRule, p_text, units_p_text
         from reef_forensics.casework import run_case
 
@@ -266,13 +267,14 @@ class Screener:
             rule=DecisionRule(**self.config.rule),
             skipped_positive_controls="not made during registry screening (run `check` with the victim model for them)",
         )
-        record: dict[str, Any] = case.findings.as_json()
+        record = case.findings.record
+        p = p_text(record.p_value, record.log10_p_value).replace(" ", "")
         self.tag(
             job.name,
             job.version,
             key[:250],
-            f"{record['verdict']} score={record['score']:.4f} p={p_text(record).replace(' ', '')} "
-            f"units={units_p_text(record).replace(' ', '')} refs={record['panel_size']}",
+            f"{record.verdict} score={record.score:.4f} p={p} "
+            f"units={units_p_text(record).replace(' ', '')} refs={record.panel_size}",
         )
         self.client.log_artifacts(
             run_id, str(folder), artifact_path=f"{base}screening/{folder.name}"

@@ -18,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from reef_forensics.formats.findings_record import StabilityPoint, UnitsBlock
+
 _STYLE: Any = {  # matplotlib's stubs type rc keys as literals
     "svg.hashsalt": "reef-forensics",
     "svg.fonttype": "none",  # text stays text: searchable, and drawn in the report's font
@@ -73,28 +75,24 @@ def heatmap(
         return _svg(figure)
 
 
-def stability(points: Sequence[dict[str, Any]]) -> str:
+def stability(points: Sequence[StabilityPoint]) -> str:
     """The similarity at REEF's layer as the number of probe texts grows, with its band."""
     with plt.rc_context(_STYLE):
         figure, axes = plt.subplots(figsize=(6.2, 2.8))
-        n = [p["n"] for p in points]
+        n = [p.n for p in points]
         axes.fill_between(
             n,
-            [_number(p["low"]) for p in points],
-            [_number(p["high"]) for p in points],
+            [_number(p.low) for p in points],
+            [_number(p.high) for p in points],
             color=CONTROL_COLOR,
             alpha=0.25,
             linewidth=0,
             label="95% band (random subsets)",
         )
-        axes.plot(
-            n, [_number(p["score"]) for p in points], color=CONTROL_COLOR, label="first n texts"
-        )
+        axes.plot(n, [_number(p.score) for p in points], color=CONTROL_COLOR, label="first n texts")
         axes.set_xlabel("number of probe texts (n)")
         axes.set_ylabel("CKA")
-        axes.set_ylim(
-            min(-0.05, *[_number(p["low"]) for p in points if p["low"] is not None]), 1.05
-        )
+        axes.set_ylim(min(-0.05, *[_number(p.low) for p in points if p.low is not None]), 1.05)
         axes.legend(loc="lower right", frameon=False)
         axes.set_title("Sample-size stability at REEF's layer")
         figure.tight_layout()
@@ -134,7 +132,7 @@ def controls(
         return _svg(figure)
 
 
-def units(blocks: Sequence[dict[str, Any]], references: Sequence[tuple[str, float | None]]) -> str:
+def units(blocks: Sequence[UnitsBlock], references: Sequence[tuple[str, float | None]]) -> str:
     """Per block of the neuron-matching test: the share of units both matchings pair alike (the
     suspect's bars) against what chance gives (1 / candidates, a tick on each bar), and, beside
     it, each reference's combined -log10 p (the test's null, measured)."""
@@ -142,9 +140,9 @@ def units(blocks: Sequence[dict[str, Any]], references: Sequence[tuple[str, floa
         figure, (left, right) = plt.subplots(
             1, 2, figsize=(6.2, 2.8), gridspec_kw={"width_ratios": [3, 1.2]}
         )
-        names = [_short(b["layer_a"]) for b in blocks]
-        shares = [b["agreed"] / b["matched"] if b["matched"] else 0.0 for b in blocks]
-        chance = [1.0 / b["candidates"] if b["candidates"] else 0.0 for b in blocks]
+        names = [_short(b.layer_a) for b in blocks]
+        shares = [b.agreed / b.matched if b.matched else 0.0 for b in blocks]
+        chance = [1.0 / b.candidates if b.candidates else 0.0 for b in blocks]
         positions = range(len(blocks))
         left.bar(positions, shares, color=SUSPECT_COLOR, width=0.8, label="suspect")
         left.plot(positions, chance, "_", color="black", markersize=8, label="chance")

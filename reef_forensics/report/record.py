@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from reef_forensics.digests import canonical_json
 from reef_forensics.errors import BadInputError
 from reef_forensics.files import parse_json
+from reef_forensics.formats.findings_record import FindingsRecord
 
 if TYPE_CHECKING:
     pass
@@ -76,7 +77,7 @@ class Evidence:
     fingerprint's manifest and its signature, and the report record (`report_record`) once the
     report is rendered."""
 
-    record: dict[str, Any]
+    record: FindingsRecord
     findings: bytes
     findings_signature: bytes
     victim_manifest: bytes | None = None

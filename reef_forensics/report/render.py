@@ -36,7 +36,9 @@ from reef_forensics.crypto.results import TrustPolicy
 from reef_forensics.errors import KeyMaterialError, SignatureError
 from reef_forensics.evidence.verify import verify_evidence
 from reef_forensics.files import parse_json, write_atomic
+from reef_forensics.formats.findings_record import FindingsRecord, PositiveControl
 from reef_forensics.formats.fingerprint import MANIFEST, is_fingerprint
+from reef_forensics.formats.json_records import Absent, encode, present
 from reef_forensics.formats.naming import label, probe_label, reproduction, short_label
 from reef_forensics.report import charts
 from reef_forensics.report.pdf_signing import sign_pdf
@@ -85,7 +87,7 @@ def load_evidence(
         )
     _must_verify(folder, trust, f"the findings in {folder} do not verify")
     findings = (folder / FINDINGS_FILE).read_bytes()
-    record = parse_json(findings)
+    record = FindingsRecord.from_json(parse_json(findings))  # verified: of its types
     evidence = Evidence(record, findings, (folder / SIGNATURE_NAME).read_bytes())
     if victim is None:
         return evidence
@@ -94,7 +96,7 @@ def load_evidence(
     if not is_fingerprint(victim_dir):
         raise ReportError(f"{victim_dir} is not a fingerprint ({MANIFEST} is missing)")
     manifest = manifest_path.read_bytes()
-    if "sha256:" + hashlib.sha256(manifest).hexdigest() != record["victim"]["digest"]:
+    if "sha256:" + hashlib.sha256(manifest).hexdigest() != record.victim.digest:
         raise ReportError(
             f"{victim_dir} is not the victim of these findings (its fingerprint digest differs)"
         )
@@ -228,27 +230,24 @@ def context(
     assert evidence.report is not None
     made = parse_report_record(evidence.report)
     record = evidence.record
-    per_layer = record["per_layer"]
-    layers_b = per_layer["layers_suspect"]
-    path = [layers_b.index(a["layer_b"]) for a in per_layer["alignment"]]
-    biased = per_layer["matrix_biased"]
-    rows = []
-    for i, (aligned, best) in enumerate(
-        zip(per_layer["alignment"], per_layer["best_match"], strict=True)
-    ):
-        rows.append(
-            {
-                "victim": aligned["layer_a"],
-                "aligned": aligned["layer_b"],
-                "score": aligned["score"],
-                "biased": biased[i][path[i]],
-                "best": best["layer_b"],
-                "best_score": best["score"],
-            }
+    per_layer = record.per_layer
+    layers_b = list(per_layer.layers_suspect)
+    path = [layers_b.index(a.layer_b) for a in per_layer.alignment]
+    rows = [
+        {
+            "victim": aligned.layer_a,
+            "aligned": aligned.layer_b,
+            "score": aligned.score,
+            "biased": per_layer.matrix_biased[i][path[i]],
+            "best": best.layer_b,
+            "best_score": best.score,
+        }
+        for i, (aligned, best) in enumerate(
+            zip(per_layer.alignment, per_layer.best_match, strict=True)
         )
-    controls = record["controls"]
-    positive = [c for c in controls["positive"] if "score" in c]
-    skipped = [c for c in controls["positive"] if "skipped" in c]
+    ]
+    positive = [c for c in record.controls.positive if not isinstance(c.score, Absent)]
+    skipped = [c for c in record.controls.positive if not isinstance(c.skipped, Absent)]
     attachments = [
         {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         for name, data in evidence.attachments().items()
@@ -257,7 +256,7 @@ def context(
         parse_json(evidence.victim_manifest) if evidence.victim_manifest is not None else None
     )
     return {
-        "r": record,
+        "r": record.to_json(),  # the templates read the record as the JSON document it is
         "report_format": made["format_version"],
         "reproduction": _reproduction(record) if made["format_version"] >= 3 else [],
         "case_id": made["case_id"],
@@ -267,8 +266,8 @@ def context(
         "findings_sha256": hashlib.sha256(evidence.findings).hexdigest(),
         "attachments": attachments,
         "layer_rows": rows,
-        "positive": positive,
-        "positive_skipped_rows": skipped,
+        "positive": [encode(c) for c in positive],
+        "positive_skipped_rows": [encode(c) for c in skipped],
         "software": made["software"],
         "variant": made["pdf_variant"],
         "report_tool": made["software"].get("reef-forensics", "unknown"),
@@ -277,48 +276,44 @@ def context(
     }
 
 
-def _reproduction(record: dict[str, Any]) -> list[str]:
-    """The commands of a format-3 report; none for a record lacking what they name (the
-    templates then fail on the missing field, by name)."""
-    try:
-        return reproduction(record)
-    except (KeyError, TypeError):
-        return []
+def _reproduction(record: FindingsRecord) -> list[str]:
+    """The commands of a format-3 report."""
+    return reproduction(record)
 
 
 CHARTS = ("heatmap", "stability", "controls", "units")
 
 
 def _charts(
-    record: dict[str, Any], path: list[int], positive: list[dict[str, Any]]
+    record: FindingsRecord, path: list[int], positive: list[PositiveControl]
 ) -> dict[str, str]:
-    per_layer, controls = record["per_layer"], record["controls"]
+    per_layer, controls = record.per_layer, record.controls
     return {
         "heatmap": charts.heatmap(
-            per_layer["matrix"], per_layer["layers_victim"], per_layer["layers_suspect"], path
+            per_layer.matrix, per_layer.layers_victim, per_layer.layers_suspect, path
         ),
-        "stability": charts.stability(record["stability"]),
+        "stability": charts.stability(record.stability),
         "controls": charts.controls(
-            record["score"],
-            [(c["name"], c["score"]) for c in controls["invariance"]],
-            [(c["name"], c["score"]) for c in positive],
-            [(short_label(r), r["score"]) for r in controls["negative"]],
+            record.score,
+            [(c.name, c.score) for c in controls.invariance],
+            [(c.name, present(c.score)) for c in positive],
+            [(short_label(encode(r)), r.score) for r in controls.negative],
         ),
         "units": _units_chart(record),
     }
 
 
-def _units_chart(record: dict[str, Any]) -> str:
+def _units_chart(record: FindingsRecord) -> str:
     """The neuron-matching test per block (findings version 3, when the test ran)."""
-    units = record.get("units_test")
-    if not units or not units["ran"]:
+    units = present(record.units_test)
+    if units is None or not units.ran or isinstance(units.blocks, Absent):
         return ""
     references = [
-        (short_label(r), r["units"].get("log10_p_value"))
-        for r in record["references"]
-        if "units" in r
+        (short_label(encode(r)), present(r.units.log10_p_value))
+        for r in record.references
+        if not isinstance(r.units, Absent)
     ]
-    return charts.units(units["blocks"], references)
+    return charts.units(units.blocks, references)
 
 
 def render_html(
@@ -333,11 +328,9 @@ def render_html(
     return str(template.render(**context(evidence, signer, charts=charts)))
 
 
-def _created(record: dict[str, Any]) -> datetime:
+def _created(record: FindingsRecord) -> datetime:
     try:
-        return datetime.strptime(str(record["created"]), "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=timezone.utc
-        )
+        return datetime.strptime(record.created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
     except ValueError:
         return datetime(1970, 1, 1, tzinfo=timezone.utc)
 

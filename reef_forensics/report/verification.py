@@ -53,6 +53,7 @@ from reef_forensics.crypto.results import TrustPolicy, VerificationResult
 from reef_forensics.errors import BadInputError, ReefError, first_line
 from reef_forensics.evidence.verify import verify_evidence, verify_fingerprint_snapshot
 from reef_forensics.files import parse_json
+from reef_forensics.formats.findings_record import FindingsRecord
 from reef_forensics.formats.fingerprint import MANIFEST
 from reef_forensics.report.pdf_comparison import compare_documents, compare_pages, page_lines
 from reef_forensics.report.pdf_interpreter import read_pages
@@ -182,7 +183,7 @@ def _attachments(reader: Any, result: VerificationResult) -> dict[str, bytes] | 
 
 def _check_attachments(
     files: dict[str, bytes], trust: TrustPolicy, result: VerificationResult
-) -> dict[str, Any] | None:
+) -> FindingsRecord | None:
     with tempfile.TemporaryDirectory(prefix="reef-verify-") as scratch:
         folder = Path(scratch) / "findings"
         folder.mkdir()
@@ -192,7 +193,7 @@ def _check_attachments(
     result.merge(checked, "attached findings")
     if not checked.valid:
         return None
-    record: dict[str, Any] = parse_json(files[ATTACHED_FINDINGS])
+    record = FindingsRecord.from_json(parse_json(files[ATTACHED_FINDINGS]))  # verified above
     manifest = files.get(ATTACHED_VICTIM_MANIFEST)
     if manifest is None:
         result.notes.append("no victim fingerprint manifest is attached")
@@ -200,9 +201,9 @@ def _check_attachments(
     digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     result.add(
         "attached victim fingerprint: identity",
-        digest == record["victim"]["digest"],
+        digest == record.victim.digest,
         "the attached manifest is the findings' victim fingerprint"
-        if digest == record["victim"]["digest"]
+        if digest == record.victim.digest
         else "the attached manifest is not the findings' victim fingerprint",
     )
     bundle = files.get(ATTACHED_VICTIM_SIGNATURE)
@@ -219,7 +220,7 @@ def _check_attachments(
 def _check_visible_content(
     pdf: bytes,
     files: dict[str, bytes],
-    record: dict[str, Any],
+    record: FindingsRecord,
     signer_cert: Any,
     result: VerificationResult,
 ) -> None:
@@ -414,7 +415,7 @@ def legacy_report_record(evidence: Evidence, pages: Sequence[Any]) -> bytes:
 
 
 def _check_recomputation(
-    record: dict[str, Any],
+    record: FindingsRecord,
     evidence: Sequence[str | os.PathLike[str]],
     trust: TrustPolicy,
     result: VerificationResult,

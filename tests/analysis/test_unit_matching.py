@@ -20,6 +20,8 @@ from reef_forensics.analysis.check import check
 from reef_forensics.analysis.neuron_test import UnitsOutcome, compare_units, units_record_problem
 from reef_forensics.analysis.verdict import DecisionRule, decide
 from reef_forensics.demo.toy_models import make_model
+from reef_forensics.formats.findings_record import UnitsBlock, UnitsTest
+from reef_forensics.formats.json_records import RecordTypeError, decode
 from reef_forensics.similarity.unit_matching import (
     bonferroni_log10,
     coincidence_log10_p,
@@ -385,13 +387,10 @@ def test_version_4_keeps_inconclusive_where_the_neuron_test_could_not_settle_it(
 
 
 def test_the_power_of_the_neuron_test_is_derived_from_its_counts() -> None:
-    record = {
-        "ran": True,
-        "blocks": [
-            {"agreed": 0, "matched": 512, "candidates": 1536},
-            {"agreed": 1, "matched": 2, "candidates": 3},
-        ],
-    }
+    def block(agreed: int, matched: int, candidates: int) -> UnitsBlock:
+        return UnitsBlock("b", "b", candidates, candidates, matched, candidates, agreed, None, 0.0)
+
+    record = UnitsTest(ran=True, blocks=(block(0, 512, 1536), block(1, 2, 3)))
     outcome = UnitsOutcome.from_record(record)
     best = [coincidence_log10_p(512, 512, 1536), coincidence_log10_p(2, 2, 3)]
     assert outcome.best_log10_p == pytest.approx(bonferroni_log10(best))
@@ -412,14 +411,16 @@ def test_edited_units_numbers_do_not_follow_from_their_counts(
     record = check(
         read_fingerprint(fingerprints["victim"]), read_fingerprint(fingerprints["derived"]), []
     ).as_json()["units_test"]
-    assert units_record_problem(record) is None
+    assert units_record_problem(decode(UnitsTest, record)) is None
     edited = json.loads(json.dumps(record))
     edited["blocks"][0]["log10_p"] = -0.5
-    assert "does not follow" in (units_record_problem(edited) or "")
+    assert "does not follow" in (units_record_problem(decode(UnitsTest, edited)) or "")
     edited = json.loads(json.dumps(record))
     edited["log10_p_value"] = -2000.0
-    assert "combined" in (units_record_problem(edited) or "")
+    assert "combined" in (units_record_problem(decode(UnitsTest, edited)) or "")
     edited = json.loads(json.dumps(record))
     edited["blocks"][0]["agreed"] = "3"
-    with pytest.raises(TypeError):
-        UnitsOutcome.from_record(edited)
+    with pytest.raises(
+        RecordTypeError, match=r"blocks\[0\]\.agreed is the text '3' where an integer"
+    ):
+        decode(UnitsTest, edited)

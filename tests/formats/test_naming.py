@@ -13,6 +13,7 @@ import pytest
 from reef_forensics.cli.main import main
 from reef_forensics.crypto.keys import generate_keys
 from reef_forensics.demo.toy_models import derive, make_model
+from reef_forensics.formats.findings_record import FindingsRecord
 from reef_forensics.formats.naming import label, probe_label, registry_problem, reproduction
 
 PASS = "naming-test"
@@ -73,7 +74,10 @@ def test_a_named_local_case_reports_its_names_and_real_commands(
     assert str(probe_file.parent) not in text and "probes.txt: 40 texts" in flat
     appendix = re.sub(r"\\\s*\n\s*", " ", text.split("Commands", 1)[1].split("Digests", 1)[0])
     commands = [" ".join(line.split()) for line in appendix.splitlines() if line.strip()]
-    unwrapped = [" ".join(c.replace("\\\n", " ").split()) for c in reproduction(record)]
+    unwrapped = [
+        " ".join(c.replace("\\\n", " ").split())
+        for c in reproduction(FindingsRecord.from_json(record))
+    ]
     assert commands == unwrapped and commands[0] == (
         "reef-forensics fingerprint Acme_chat_7B --out Acme_chat_7B.fingerprint --probes probes.txt"
     )

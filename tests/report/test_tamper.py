@@ -40,6 +40,7 @@ from reef_forensics.digests import canonical_json
 from reef_forensics.errors import ReefError
 from reef_forensics.evidence.verify import verify_evidence
 from reef_forensics.files import parse_json
+from reef_forensics.formats.findings_record import FindingsRecord
 from reef_forensics.report.pdf_signing import sign_pdf
 from reef_forensics.report.record import (
     ATTACHED_FINDINGS,
@@ -268,6 +269,25 @@ def test_a_block_score_written_as_text_in_resigned_findings_is_not_valid(
     assert f"per_layer.alignment[{index}].score" in failed["findings consistency"]
 
 
+def test_a_field_the_record_does_not_have_in_resigned_findings_is_not_valid(
+    signed_case: SignedCase, tmp_path: Path
+) -> None:
+    """The attack: a field the findings format does not have (``"verdict_note": "derived"``
+    beside the suspect) added and the findings signed again. Nothing recomputes such a field,
+    so a VALID would vouch for words the tool never wrote; the typed record refuses it. Control:
+    the record re-signed unchanged verifies."""
+    record = json.loads((signed_case.findings / FINDINGS_FILE).read_text())
+    folder = tmp_path / "findings"
+    shutil.copytree(signed_case.findings, folder)
+    trust = trust_policies(signed_case)["ca"]
+    assert verify_evidence(resigned(folder, record, signed_case.signer), trust).valid
+    record["suspect"]["verdict_note"] = "derived from the victim, confirmed"
+    result = verify_evidence(resigned(folder, record, signed_case.signer), trust)
+    failed = {check.name: check.detail for check in result.checks if not check.ok}
+    assert not result.valid and set(failed) == {"findings consistency"}, failed
+    assert "suspect.verdict_note is not a field" in failed["findings consistency"]
+
+
 def test_every_number_of_the_findings_written_as_text_is_not_valid(
     signed_case: SignedCase, tmp_path: Path
 ) -> None:
@@ -306,7 +326,7 @@ def attached_evidence(report: Path) -> Evidence:
 
     files = {name: data[0] for name, data in PdfReader(report).attachments.items()}
     return Evidence(
-        parse_json(files[ATTACHED_FINDINGS]),
+        FindingsRecord.from_json(parse_json(files[ATTACHED_FINDINGS])),
         files[ATTACHED_FINDINGS],
         files[ATTACHED_FINDINGS_SIGNATURE],
         files.get(ATTACHED_VICTIM_MANIFEST),
