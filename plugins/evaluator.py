@@ -99,9 +99,11 @@ class ReefEvaluator(ModelEvaluator):
             "reef_log10_p_value": present(record.log10_p_value),  # below a double's range
             "reef_units_log10_p_value": present(units.log10_p_value) if units else None,
         }
-        metrics = {name: value for name, value in measured.items() if value is not None}
+        # the score is always among the metrics (None when undefined); the rest when measured
+        metrics = {k: v for k, v in measured.items() if v is not None or k == "reef_score"}
         for name, value in metrics.items():
-            client.log_metric(run_id, name, value)
+            if value is not None:
+                client.log_metric(run_id, name, value)
         client.set_tag(run_id, "reef.verdict", record.verdict)
         return EvaluationResult(metrics=metrics, artifacts={}, run_id=run_id)
 

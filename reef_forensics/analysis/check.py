@@ -36,7 +36,9 @@ from reef_forensics.analysis.verdict import (
     DecisionRule,
     decide,
 )
+from reef_forensics.digests import canonical_json
 from reef_forensics.errors import ComparisonError
+from reef_forensics.files import parse_json
 from reef_forensics.formats.findings_record import FindingsRecord, UnitsTest
 from reef_forensics.formats.fingerprint import EMBEDDINGS_LAYER, Fingerprint
 from reef_forensics.formats.fingerprint_writer import created_timestamp
@@ -214,9 +216,9 @@ def check(
     }
     if units is not None:
         record["units_test"] = {**units, "statistic": UNITS_STATISTIC}
-    # read back through the typed record, as verify reads it: a record check could not read is
-    # never written, let alone signed
-    return Findings(FindingsRecord.from_json(record))
+    # read back from its canonical JSON through the typed record, as verify reads it: a record
+    # verify could not read is never written, let alone signed
+    return Findings(FindingsRecord.from_json(parse_json(canonical_json(record))))
 
 
 def _check_comparable(

@@ -49,6 +49,13 @@ class DecisionRule:
     min_references: int = 3
 
     def __post_init__(self) -> None:
+        # the findings record states the rule: 3.0 is no count, and true no probability
+        if isinstance(self.min_references, bool) or not isinstance(self.min_references, int):
+            raise ValueError(f"min_references must be an integer, not {self.min_references!r}")
+        for name in ("alpha", "unrelated_alpha", "margin"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number, not {value!r}")
         if self.min_references < 3:
             raise ValueError("a verdict needs at least 3 references: min_references must be >= 3")
         if not 0 < self.alpha <= self.unrelated_alpha < 1:

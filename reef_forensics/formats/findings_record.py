@@ -12,7 +12,7 @@ the objects they are: ``verify --evidence`` compares the first with the fingerpr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,12 +255,45 @@ class FindingsRecord:
     @classmethod
     def from_json(cls, value: Any) -> FindingsRecord:
         """The record a parsed findings.json holds; `RecordTypeError` (a ValueError) naming
-        the first field that is missing, unknown or not of its type."""
-        return decode(cls, value)
+        the first field that is missing, unknown or not of its type, or that its format
+        version does not have (or lacks)."""
+        record = decode(cls, value)
+        problem = _version_problem(record)
+        if problem:
+            raise RecordTypeError(problem)
+        return record
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object: read from a file, the same canonical bytes as the file."""
         return dict(encode(self))
+
+
+def _version_problem(record: FindingsRecord) -> str | None:
+    """The classes serve formats 2 to 4: a format-2 record holds none of the neuron-matching
+    fields format 3 added (nothing of format 2 checks them, so they would vouch for numbers no
+    check of that format made), and a record of format 3 on holds the test and its log10 p."""
+    units_fields: dict[str, object] = {
+        "log10_p_value": record.log10_p_value,
+        "units_test": record.units_test,
+        "tests.units": record.tests.units,
+    }
+    rows: dict[str, Sequence[ReferenceRow | PositiveControl]] = {
+        "references": record.references,
+        "controls.negative": record.controls.negative,
+        "controls.positive": record.controls.positive,
+    }
+    for where, found in rows.items():
+        for index, row in enumerate(found):
+            units_fields[f"{where}[{index}].units"] = row.units
+    if record.format_version < 3:
+        for where, value in units_fields.items():
+            if not isinstance(value, Absent):
+                return f"{where} is not a field of findings format {record.format_version}"
+        return None
+    for where in ("log10_p_value", "units_test", "tests.units"):
+        if isinstance(units_fields[where], Absent):
+            return f"{where} is missing (findings format {record.format_version} has it)"
+    return None
 
 
 def findings_type_problem(value: Any) -> str | None:

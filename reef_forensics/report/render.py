@@ -87,7 +87,10 @@ def load_evidence(
         )
     _must_verify(folder, trust, f"the findings in {folder} do not verify")
     findings = (folder / FINDINGS_FILE).read_bytes()
-    record = FindingsRecord.from_json(parse_json(findings))  # verified: of its types
+    try:  # verified just now: of its types, unless the file changed since
+        record = FindingsRecord.from_json(parse_json(findings))
+    except ValueError as exc:
+        raise ReportError(f"the findings in {folder} changed while being read: {exc}") from None
     evidence = Evidence(record, findings, (folder / SIGNATURE_NAME).read_bytes())
     if victim is None:
         return evidence

@@ -405,6 +405,9 @@ def test_decision_rule_cannot_be_weakened_below_its_guarantees() -> None:
         {"alpha": 0.0},
         {"alpha": 0.1, "unrelated_alpha": 0.05},
         {"margin": -0.1},
+        {"min_references": 3.0},  # the findings record states a count: 3.0 is none
+        {"margin": True},
+        {"alpha": "0.01"},
     ):
         with pytest.raises(ValueError):
             DecisionRule(**bad)

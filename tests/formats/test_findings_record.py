@@ -111,6 +111,20 @@ def test_a_record_not_of_its_types_is_refused_by_the_field_s_path(
     assert message in (findings_type_problem(value) or "")
 
 
+def test_each_format_holds_its_own_fields(made: dict[int, dict[str, Any]]) -> None:
+    """Formats share the classes: format 2 holds none of format 3's neuron-matching fields, and
+    format 3 on holds the test."""
+    v2 = json.loads(json.dumps(made[2]))
+    v2["units_test"] = made[3]["units_test"]
+    assert "units_test is not a field of findings format 2" in (findings_type_problem(v2) or "")
+    v2 = json.loads(json.dumps(made[2]))
+    v2["controls"]["negative"][0]["units"] = {"log10_p_value": -300.0, "blocks_compared": 3}
+    assert "controls.negative[0].units is not a field" in (findings_type_problem(v2) or "")
+    v4 = json.loads(json.dumps(made[4]))
+    del v4["log10_p_value"]
+    assert "log10_p_value is missing (findings format 4" in (findings_type_problem(v4) or "")
+
+
 def test_a_record_is_frozen(made: dict[int, dict[str, Any]]) -> None:
     record = FindingsRecord.from_json(made[4])
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -198,6 +198,8 @@ def test_configuration_paths_are_relative_to_the_file_and_env_wins(
         ("nonsense = 1\n", "unknown key 'nonsense'"),
         ("[signing]\nkeyfile = 'x'\n", "unknown key(s) in [signing]: keyfile"),
         ("[screening]\nmin_references = 2\n", "at least 3 references"),
+        ("[screening]\nmin_references = 3.0\n", "min_references must be an integer, not 3.0"),
+        ("[screening]\nmargin = true\n", "margin must be a number, not True"),
         ("[worker]\nmax_attempts = -1\n", "[worker] max_attempts must be a non-negative number"),
         ("[screening]\nvictims = 'models:/a/1'\n", "[screening] victims must be a list"),
         ("tracking_uri = \n", "is not valid TOML"),

@@ -288,6 +288,32 @@ def test_a_field_the_record_does_not_have_in_resigned_findings_is_not_valid(
     assert "suspect.verdict_note is not a field" in failed["findings consistency"]
 
 
+def test_format_3_numbers_in_resigned_format_2_findings_are_not_valid(
+    signed_case: SignedCase, tmp_path: Path
+) -> None:
+    """The attack: released format-2 findings (which no neuron-matching test made) given a
+    format-3 combined p of 1e-250 and a reference's units test, and signed again. Nothing of
+    format 2 checks those fields, and the CLI would print the 1e-250; the record refuses
+    them. Control: the released record signed again unchanged verifies."""
+    golden = Path(__file__).parent.parent / "golden" / "cab7916" / "findings"
+    record = json.loads((golden / FINDINGS_FILE).read_text())
+    assert record["format_version"] == 2
+    folder = tmp_path / "findings"
+    shutil.copytree(golden, folder)
+    trust = trust_policies(signed_case)["ca"]
+    assert verify_evidence(resigned(folder, record, signed_case.signer), trust).valid
+    for field, edit in [
+        ("log10_p_value", lambda r: r.update(log10_p_value=-250.0)),
+        ("references[0].units", lambda r: r["references"][0].update(units={"skipped": None})),
+    ]:
+        forged = json.loads(json.dumps(record))
+        edit(forged)
+        result = verify_evidence(resigned(folder, forged, signed_case.signer), trust)
+        failed = {check.name: check.detail for check in result.checks if not check.ok}
+        assert not result.valid and set(failed) == {"findings consistency"}, failed
+        assert f"{field} is not a field of findings format 2" in failed["findings consistency"]
+
+
 def test_every_number_of_the_findings_written_as_text_is_not_valid(
     signed_case: SignedCase, tmp_path: Path
 ) -> None:
