@@ -94,13 +94,13 @@ class ReefEvaluator(ModelEvaluator):
         record = case.findings.record
         units = present(record.units_test)
         measured = {
-            "reef_score": record.score,
             "reef_p_value": record.p_value,
             "reef_log10_p_value": present(record.log10_p_value),  # below a double's range
             "reef_units_log10_p_value": present(units.log10_p_value) if units else None,
         }
-        # the score is always among the metrics (None when undefined); the rest when measured
-        metrics = {k: v for k, v in measured.items() if v is not None or k == "reef_score"}
+        # the score always (None when undefined); the p-values when measured
+        metrics = {"reef_score": record.score}
+        metrics.update((k, v) for k, v in measured.items() if v is not None)
         for name, value in metrics.items():
             if value is not None:
                 client.log_metric(run_id, name, value)

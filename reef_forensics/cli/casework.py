@@ -27,6 +27,7 @@ from reef_forensics.crypto.results import TrustPolicy
 from reef_forensics.errors import BadInputError
 from reef_forensics.formats.findings_record import FindingsRecord
 from reef_forensics.formats.fingerprint import is_fingerprint
+from reef_forensics.formats.json_records import present
 from reef_forensics.formats.naming import identity_of
 from reef_forensics.formats.probes import DEFAULT_SPEC, load_probes
 from reef_forensics.report.timestamps import Timestamping, level_text
@@ -246,7 +247,7 @@ def _check_text(record: FindingsRecord, case: Case, signed: bool, tsa: Timestamp
         else "score: undefined",
         f"p-value {p} (every test, corrected), CKA calibrated on "
         f"{record.panel_size} reference model(s)"
-        if p != "n/a"
+        if record.p_value is not None or present(record.log10_p_value) is not None
         else f"p-value: none ({record.p_value_reason})",
         f"neuron matching: p {units_p_text(record)}",
         *[f"  {reason}" for reason in record.reasons],

@@ -175,13 +175,13 @@ def _verify_screenings(
             continue
         record = FindingsRecord.from_json(parse_json((findings / FINDINGS_FILE).read_bytes()))
         words = value.split()
-        signed_text = f"{record.verdict} score={record.score:.4f}"
+        score = f"score={record.score:.4f}"
         agrees = (
             bool(words)
             and words[0] == record.verdict
-            and f"score={record.score:.4f}" in words
+            and score in words
             and record.suspect.digest == suspect_digest
         )
-        result.add(where, agrees, f"{value!r}; signed findings: {signed_text}")
+        result.add(where, agrees, f"{value!r}; signed findings: {record.verdict} {score}")
     for victim in sorted(signed - {k.removeprefix(SCREEN_PREFIX) for k in tags}):
         result.add(f"screening {victim}", False, "signed findings with no tag on the version")

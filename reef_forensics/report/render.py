@@ -261,7 +261,7 @@ def context(
     return {
         "r": record.to_json(),  # the templates read the record as the JSON document it is
         "report_format": made["format_version"],
-        "reproduction": _reproduction(record) if made["format_version"] >= 3 else [],
+        "reproduction": reproduction(record) if made["format_version"] >= 3 else [],
         "case_id": made["case_id"],
         "signer": signer,
         "victim_manifest": victim_manifest,
@@ -277,11 +277,6 @@ def context(
         "time_source": made.get("time"),
         "charts": _charts(record, path, positive) if charts else dict.fromkeys(CHARTS, ""),
     }
-
-
-def _reproduction(record: FindingsRecord) -> list[str]:
-    """The commands of a format-3 report."""
-    return reproduction(record)
 
 
 CHARTS = ("heatmap", "stability", "controls", "units")
